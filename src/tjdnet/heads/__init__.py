@@ -1,0 +1,38 @@
+"""Joint heads over the next H tokens, behind one interface (:class:`JointHead`)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from tjdnet.heads.base import HeadConfig, JointHead
+from tjdnet.heads.block import BlockDistribution
+from tjdnet.heads.cp import CPHead
+from tjdnet.heads.mps import MPSHead
+from tjdnet.heads.multihead import MultiHead
+from tjdnet.heads.stp import STPHead
+
+HEADS: dict[str, type[JointHead]] = {"stp": STPHead, "multihead": MultiHead, "cp": CPHead, "mps": MPSHead}
+FIXED_RANK_ONE = ("stp", "multihead")
+
+
+def validate_head_config(config: HeadConfig) -> None:
+    """Raise a one-line ValueError naming the first bad field of a head configuration."""
+    if config.name not in HEADS:
+        raise ValueError(f"unknown head {config.name!r}; allowed heads: {', '.join(HEADS)}")
+    for field in ("horizon", "rank", "hidden_dim", "hidden_size", "vocab_size", "loss_chunk_elements"):
+        value = getattr(config, field)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{field}={value!r} is not allowed; use an integer >= 1")
+    if config.name == "stp" and config.horizon != 1:
+        raise ValueError(f"horizon={config.horizon} is not allowed for the stp head; stp has horizon 1")
+    if config.name in FIXED_RANK_ONE and config.rank != 1:
+        raise ValueError(f"rank={config.rank} is not allowed for the {config.name} head; it has rank 1")
+
+
+def make_head(config: HeadConfig, unembedding: nn.Module) -> JointHead:
+    """Build the head named by ``config.name`` on top of a (frozen, shared) output embedding."""
+    validate_head_config(config)
+    return HEADS[config.name](config, unembedding)
+
+
+__all__ = ["HEADS", "BlockDistribution", "HeadConfig", "JointHead", "make_head", "validate_head_config"]

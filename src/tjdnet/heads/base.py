@@ -1,0 +1,180 @@
+"""Shared machinery of every head: component adapters into the frozen output embedding,
+the exact block distribution, and the chunked memory-bounded training log-likelihood.
+
+A head with rank R and horizon H owns R x H *components*. Component (r, k) turns the hidden state
+h (B, D) into a vector z_rk = h + W_out,rk silu(W_in,rk h) (B, D) and then into the distribution
+softmax(E z_rk) over the vocabulary, where E is the backbone's own output embedding (shared and
+frozen). W_out starts at zero, so every component starts as the base model's next-token
+distribution. Subclasses only say how the components are combined: the initial state / mixture
+weights and the transitions along the block.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from tjdnet.heads.block import BlockDistribution
+from tjdnet.tensorops.logspace import IGNORE_INDEX, chain_log_prob
+
+DEFAULT_LOSS_CHUNK_ELEMENTS = 2**24
+
+
+@dataclass
+class HeadConfig:
+    """Hyper-parameters of a head.
+
+    Attributes:
+        name: one of ``stp``, ``multihead``, ``cp``, ``mps``.
+        horizon: H, the number of future tokens modelled jointly.
+        rank: R, mixture components (cp) or bond dimension (mps); 1 for stp/multihead.
+        hidden_dim: width of each component's residual adapter.
+        hidden_size: D, the backbone's hidden size.
+        vocab_size: V, the size of the output embedding.
+        loss_chunk_elements: most vocabulary logits alive at once in the training loss.
+    """
+
+    name: str
+    hidden_size: int
+    vocab_size: int
+    horizon: int = 1
+    rank: int = 1
+    hidden_dim: int = 64
+    loss_chunk_elements: int = DEFAULT_LOSS_CHUNK_ELEMENTS
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ComponentAdapters(nn.Module):
+    """n residual bottleneck adapters applied to the same hidden state in one batched product."""
+
+    def __init__(self, n: int, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.w_in = nn.Parameter(torch.randn(n, dim, hidden_dim) / math.sqrt(dim))
+        self.w_out = nn.Parameter(torch.zeros(n, hidden_dim, dim))
+
+    def forward(self, h: torch.Tensor, components: slice = slice(None)) -> torch.Tensor:
+        """Map h (B, D) to (B, n_selected, D)."""
+        x = h.to(self.w_in.dtype)
+        inner = torch.nn.functional.silu(torch.einsum("bd,cde->bce", x, self.w_in[components]))
+        return x.unsqueeze(1) + torch.einsum("bce,ced->bcd", inner, self.w_out[components])
+
+
+class JointHead(nn.Module):
+    """Base class: models p(y_1..y_H | h) with R x H components sharing the output embedding.
+
+    Subclasses implement :meth:`log_init` and :meth:`log_trans`.
+    """
+
+    uses_adapters = True
+
+    def __init__(self, config: HeadConfig, unembedding: nn.Module) -> None:
+        super().__init__()
+        self.config = config
+        self.horizon = config.horizon
+        self.rank = config.rank
+        # A tuple hides the backbone's output embedding from this module's parameters and state dict.
+        self._unembedding = (unembedding,)
+        n = config.rank * config.horizon
+        self.adapters = ComponentAdapters(n, config.hidden_size, config.hidden_dim) if self.uses_adapters else None
+
+    @property
+    def unembedding(self) -> nn.Module:
+        return self._unembedding[0]
+
+    def log_init(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, R) log initial state distribution (mixture weights)."""
+        raise NotImplementedError
+
+    def log_trans(self, h: torch.Tensor) -> torch.Tensor | None:
+        """(B, H-1, R, R) log transitions along the block, or None for a mixture of products."""
+        return None
+
+    def component_states(self, h: torch.Tensor, components: slice = slice(None)) -> torch.Tensor:
+        """(B, n_selected, D) inputs of the output embedding; component index = r * H + k."""
+        if self.adapters is None:
+            return h.unsqueeze(1)[:, components]
+        return self.adapters(h, components)
+
+    def component_logits(self, h: torch.Tensor, components: slice = slice(None)) -> torch.Tensor:
+        """(B, n_selected, V) float32 vocabulary logits of the selected components."""
+        z = self.component_states(h, components)
+        return self.unembedding(z.to(self.unembedding.weight.dtype)).float()
+
+    def check_hidden(self, h: torch.Tensor) -> None:
+        if h.shape[-1] != self.config.hidden_size:
+            raise ValueError(
+                f"hidden size {h.shape[-1]} does not match the head's hidden_size={self.config.hidden_size}"
+            )
+
+    def check_targets(self, y: torch.Tensor) -> None:
+        if y.shape[-1] != self.horizon:
+            raise ValueError(f"target block of length {y.shape[-1]} does not match horizon={self.horizon}")
+        bad = ((y < 0) & (y != IGNORE_INDEX)) | (y >= self.config.vocab_size)
+        if bad.any():
+            value = int(y[bad][0])
+            raise ValueError(
+                f"token id {value} is out of range; allowed ids are 0..{self.config.vocab_size - 1} "
+                f"or {IGNORE_INDEX} (ignored)"
+            )
+
+    def forward(self, h: torch.Tensor) -> BlockDistribution:
+        """The exact block distribution for hidden states h (B, D), every component materialised."""
+        self.check_hidden(h)
+        logits = self.component_logits(h)  # (B, R*H, V)
+        log_emit = torch.log_softmax(logits, dim=-1).unflatten(1, (self.rank, self.horizon))
+        return BlockDistribution(self.log_init(h).float(), _float_or_none(self.log_trans(h)), log_emit)
+
+    def token_log_probs(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Log emission probability of each target under each component, memory-bounded.
+
+        Vocabulary logits are produced chunk by chunk under activation checkpointing, so at most
+        ``loss_chunk_elements`` of them are alive at once, in the forward and the backward pass.
+
+        Args:
+            h: (N, D) hidden states; y: (N, H) targets, -100 where ignored.
+        Returns:
+            (N, R, H) float32 log-probabilities, 0 at ignored targets.
+        """
+        n, n_comp, vocab = h.shape[0], self.rank * self.horizon, self.config.vocab_size
+        targets = y.repeat(1, self.rank)  # (N, R*H), component index r * H + k
+        budget = self.config.loss_chunk_elements
+        comps_per_chunk = n_comp if budget >= vocab * n_comp else max(1, budget // vocab)
+        rows_per_chunk = max(1, budget // (vocab * comps_per_chunk))
+        use_checkpoint = torch.is_grad_enabled() and (h.requires_grad or self.adapters is not None)
+        columns = []
+        for c0 in range(0, n_comp, comps_per_chunk):
+            c1 = min(c0 + comps_per_chunk, n_comp)
+            rows = []
+            for r0 in range(0, n, rows_per_chunk):
+                args = (h[r0 : r0 + rows_per_chunk], targets[r0 : r0 + rows_per_chunk, c0:c1], c0, c1)
+                if use_checkpoint:
+                    rows.append(checkpoint(self._chunk_token_log_probs, *args, use_reentrant=False))
+                else:
+                    rows.append(self._chunk_token_log_probs(*args))
+            columns.append(torch.cat(rows, dim=0))
+        return torch.cat(columns, dim=1).unflatten(1, (self.rank, self.horizon))
+
+    def _chunk_token_log_probs(self, h: torch.Tensor, targets: torch.Tensor, c0: int, c1: int) -> torch.Tensor:
+        logits = self.component_logits(h, slice(c0, c1))  # (n, c, V)
+        picked = logits.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        return (picked - torch.logsumexp(logits, dim=-1)) * (targets != IGNORE_INDEX)
+
+    def log_prob(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Exact normalised log p(y | h) for h (B, D), y (B, H); -100 targets are marginalised. (B,)"""
+        self.check_hidden(h)
+        self.check_targets(y)
+        token_lp = self.token_log_probs(h, y)
+        return chain_log_prob(self.log_init(h).float(), _float_or_none(self.log_trans(h)), token_lp)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def _float_or_none(x: torch.Tensor | None) -> torch.Tensor | None:
+    return None if x is None else x.float()

@@ -1,0 +1,90 @@
+"""The exact joint distribution of one block of H tokens, as produced by a head at inference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tjdnet.sampling import SamplingConfig, choose_tokens, process_log_probs
+from tjdnet.tensorops.logspace import (
+    IGNORE_INDEX,
+    chain_log_prob,
+    conditional_log_probs,
+    emit,
+    transition,
+)
+
+
+@dataclass
+class BlockDistribution:
+    """p(y_1..y_H | h) for a batch of hidden states, with all vocabulary log-probs materialised.
+
+    Attributes:
+        log_init: (B, R) log initial state / mixture weights.
+        log_trans: (B, H-1, R, R) log transitions, or None for a mixture of products.
+        log_emit: (B, R, H, V) float32 log emission distributions (each row sums to one).
+    """
+
+    log_init: torch.Tensor
+    log_trans: torch.Tensor | None
+    log_emit: torch.Tensor
+
+    @property
+    def horizon(self) -> int:
+        return self.log_emit.shape[2]
+
+    def log_prob(self, y: torch.Tensor) -> torch.Tensor:
+        """Exact log p(y) for blocks y (B, H); positions equal to -100 are marginalised. Returns (B,)."""
+        observed = y != IGNORE_INDEX
+        index = y.clamp_min(0)[:, None, :, None].expand(-1, self.log_emit.shape[1], -1, 1)
+        token_lp = self.log_emit.gather(-1, index).squeeze(-1) * observed[:, None, :]
+        return chain_log_prob(self.log_init, self.log_trans, token_lp)
+
+    def start(self) -> torch.Tensor:
+        """The (B, R) message before the first position."""
+        return self.log_init
+
+    def conditional(self, message: torch.Tensor, k: int) -> torch.Tensor:
+        """(B, V) log q(y_k | y_<k) given the message before position k (0-based)."""
+        return conditional_log_probs(message, self.log_emit[:, :, k])
+
+    def observe(self, message: torch.Tensor, k: int, tokens: torch.Tensor) -> torch.Tensor:
+        """Condition on tokens (B,) at position k; returns the message before position k + 1."""
+        token_lp = self.log_emit[:, :, k].gather(-1, tokens[:, None, None].expand(-1, message.shape[1], 1))
+        message = emit(message, token_lp.squeeze(-1))
+        if self.log_trans is not None and k < self.horizon - 1:
+            message = transition(message, self.log_trans[:, k])
+        return message
+
+    def draft(
+        self,
+        config: SamplingConfig,
+        prefix: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Choose the rest of the block position by position, conditioned on a given prefix.
+
+        Greedy picks the sequential conditional argmax; sampling is ancestral within the block.
+
+        Args:
+            prefix: (B, P) tokens already fixed at positions 0..P-1 (e.g. the verifier's own token).
+        Returns:
+            tokens (B, H - P) and their processed draft log-distributions (B, H - P, V).
+        """
+        message = self.start()
+        fixed = 0 if prefix is None else prefix.shape[1]
+        for k in range(fixed):
+            message = self.observe(message, k, prefix[:, k])
+        tokens, dists = [], []
+        for k in range(fixed, self.horizon):
+            log_q = process_log_probs(self.conditional(message, k), config)
+            token = choose_tokens(log_q, config, generator)
+            tokens.append(token)
+            dists.append(log_q)
+            message = self.observe(message, k, token)
+        batch, vocab = self.log_emit.shape[0], self.log_emit.shape[-1]
+        if not tokens:
+            empty = self.log_emit.new_zeros(batch, 0, vocab)
+            return torch.zeros(batch, 0, dtype=torch.long, device=empty.device), empty
+        return torch.stack(tokens, dim=1), torch.stack(dists, dim=1)
