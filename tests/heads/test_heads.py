@@ -73,7 +73,7 @@ def test_conditionals_and_marginals_match_brute_force(name, horizon, rank):
     prefix = torch.tensor([[1, 3, 0], [4, 2, 2]])[:, : horizon - 1]
     message = dist.start()
     for k in range(horizon):
-        expected = joint[torch.arange(2)[:, None], *[prefix[:, j : j + 1] for j in range(k)]]
+        expected = joint[(torch.arange(2)[:, None], *[prefix[:, j : j + 1] for j in range(k)])]
         expected = expected.reshape(2, V, -1).sum(-1)
         expected = expected / expected.sum(-1, keepdim=True)
         torch.testing.assert_close(dist.conditional(message, k).exp(), expected, atol=1e-6, rtol=1e-4)

@@ -1,0 +1,377 @@
+"""TJDModel: any Hugging Face causal LM plus one joint head over the next H tokens.
+
+The backbone is reached generically (``get_decoder()`` for the hidden states,
+``get_output_embeddings()`` for the vocabulary projection), so GPT-2, Llama/SmolLM2, Qwen, ... all work
+without a per-model table. The output embedding is shared by the head's components and always frozen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from tjdnet.heads import HeadConfig, JointHead, make_head, validate_head_config
+from tjdnet.tensorops.logspace import IGNORE_INDEX
+
+logger = logging.getLogger(__name__)
+
+TRAIN_MODES = ("head", "lora", "full")
+LOSS_MODES = ("draft", "joint")
+CONFIG_FILE = "tjdnet_config.json"
+HEAD_WEIGHTS = "head.safetensors"
+BACKBONE_WEIGHTS = "backbone.safetensors"
+
+
+@dataclass
+class TJDConfig:
+    """Everything needed to rebuild a TJDModel from its base model.
+
+    Attributes:
+        base_model: alias (``smollm2-135m``), hub id or local directory of the causal LM.
+        head: name of the head (``stp``, ``multihead``, ``cp``, ``mps``).
+        horizon, rank, hidden_dim: head hyper-parameters (see :class:`HeadConfig`).
+        train_mode: ``head`` (backbone frozen), ``lora`` (peft adapters) or ``full``.
+        loss_mode: ``draft`` (head NLL) or ``joint`` (head NLL + lambda x next-token cross-entropy).
+        use_memory_efficient_loss: score the head at every H-th position only (random phase).
+    """
+
+    base_model: str
+    head: str = "cp"
+    horizon: int = 2
+    rank: int = 2
+    hidden_dim: int = 64
+    train_mode: str = "head"
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    loss_mode: str = "draft"
+    joint_loss_lambda: float = 1.0
+    use_memory_efficient_loss: bool = False
+    lora_target_modules: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        if self.train_mode not in TRAIN_MODES:
+            raise ValueError(f"unknown train_mode {self.train_mode!r}; allowed: {', '.join(TRAIN_MODES)}")
+        if self.loss_mode not in LOSS_MODES:
+            raise ValueError(f"unknown loss_mode {self.loss_mode!r}; allowed: {', '.join(LOSS_MODES)}")
+        if self.train_mode == "lora" and self.lora_rank < 1:
+            raise ValueError(f"lora_rank={self.lora_rank} is not allowed; use an integer >= 1")
+        if self.joint_loss_lambda < 0:
+            raise ValueError(f"joint_loss_lambda={self.joint_loss_lambda} is not allowed; use a value >= 0")
+
+
+@dataclass
+class TJDOutput:
+    """Training losses. ``loss`` is what is optimised; the NLLs are per target token."""
+
+    loss: torch.Tensor
+    head_nll: torch.Tensor
+    lm_nll: torch.Tensor | None
+    head_tokens: int
+
+
+def block_targets(labels: torch.Tensor, horizon: int) -> torch.Tensor:
+    """The next H labels at every position.
+
+    Args:
+        labels: (B, T) token ids, -100 where no loss is wanted.
+    Returns:
+        (B, T, H) with ``out[:, t, k] = labels[:, t + k + 1]`` and -100 past the end.
+    """
+    batch, length = labels.shape
+    padded = torch.cat([labels, labels.new_full((batch, horizon), IGNORE_INDEX)], dim=1)
+    return padded.unfold(1, horizon, 1)[:, 1 : length + 1]
+
+
+def lora_target_modules(module: nn.Module) -> list[str]:
+    """Leaf names of every linear projection of a backbone (nn.Linear and GPT-2's Conv1D)."""
+    from transformers.pytorch_utils import Conv1D
+
+    names = {name.rsplit(".", 1)[-1] for name, m in module.named_modules() if isinstance(m, nn.Linear | Conv1D)}
+    return sorted(names)
+
+
+def uses_conv1d(module: nn.Module) -> bool:
+    """GPT-2 style (in, out) weight layout, which LoRA must know about."""
+    from transformers.pytorch_utils import Conv1D
+
+    return any(isinstance(m, Conv1D) for m in module.modules())
+
+
+class TJDModel(nn.Module):
+    """A causal LM (``lm``) with a joint head reading its last hidden state.
+
+    Args:
+        lm: a transformers ``PreTrainedModel`` with a causal-LM head.
+        config: the TJD configuration; ``config.base_model`` is what ``from_pretrained`` reloads.
+    """
+
+    def __init__(self, lm: nn.Module, config: TJDConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.lm = lm
+        unembedding = lm.get_output_embeddings()
+        vocab_size, hidden_size = unembedding.weight.shape
+        self.head_config = HeadConfig(
+            name=config.head,
+            hidden_size=hidden_size,
+            vocab_size=vocab_size,
+            horizon=config.horizon,
+            rank=config.rank,
+            hidden_dim=config.hidden_dim,
+        )
+        validate_head_config(self.head_config)
+        self.head: JointHead = make_head(self.head_config, unembedding).to(unembedding.weight.dtype)
+        self.next_token = make_head(HeadConfig("stp", hidden_size, vocab_size), unembedding)
+        self._configure_training(config)
+
+    # ----- construction -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_base(cls, base_model: str, dtype: str | torch.dtype = "float32", device: str = "cpu", **kwargs):
+        """Load a causal LM by alias, hub id or path and put a fresh head on it. Returns (model, tokenizer)."""
+        from tjdnet.loading import load_causal_lm
+
+        config = TJDConfig(base_model=base_model, **kwargs)
+        config.validate()
+        lm, tokenizer = load_causal_lm(base_model, dtype=dtype, device=device)
+        return cls(lm, config).to(device), tokenizer
+
+    def _configure_training(self, config: TJDConfig) -> None:
+        self.lm.requires_grad_(False)
+        if config.train_mode == "lora":
+            from peft import LoraConfig, inject_adapter_in_model
+
+            if not config.lora_target_modules:
+                config.lora_target_modules = lora_target_modules(self.backbone)
+            lora = LoraConfig(
+                r=config.lora_rank,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=config.lora_dropout,
+                target_modules=config.lora_target_modules,
+                fan_in_fan_out=uses_conv1d(self.backbone),
+            )
+            inject_adapter_in_model(lora, self.backbone)
+        elif config.train_mode == "full":
+            self.backbone.requires_grad_(True)
+        # The output embedding (often tied to the input one) is the heads' shared, frozen vocabulary map.
+        self.lm.get_output_embeddings().requires_grad_(False)
+        self.lm.get_input_embeddings().requires_grad_(config.train_mode == "full" and not self._tied_embeddings)
+
+    @property
+    def _tied_embeddings(self) -> bool:
+        return self.lm.get_input_embeddings().weight is self.lm.get_output_embeddings().weight
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The transformer body: input ids -> last (normalised) hidden states."""
+        return self.lm.get_decoder()
+
+    @property
+    def horizon(self) -> int:
+        return self.head.horizon
+
+    @property
+    def vocab_size(self) -> int:
+        return self.head_config.vocab_size
+
+    # ----- forward passes ------------------------------------------------------------------------------
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache=None,
+    ) -> torch.Tensor:
+        """(B, T, D) last hidden states; ``cache`` (a transformers Cache) is updated in place."""
+        out = self.backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=cache is not None,
+        )
+        return out.last_hidden_state
+
+    def next_token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., V) float32 logits of the model's own next-token head."""
+        return self.lm.get_output_embeddings()(hidden).float()
+
+    def check_input_ids(self, input_ids: torch.Tensor) -> None:
+        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.vocab_size):
+            bad = input_ids[(input_ids < 0) | (input_ids >= self.vocab_size)][0]
+            raise ValueError(f"token id {int(bad)} is out of range; allowed ids are 0..{self.vocab_size - 1}")
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> TJDOutput:
+        """Training loss on a batch.
+
+        Args:
+            input_ids: (B, T); attention_mask: (B, T) 1 for real tokens; labels: (B, T) with -100 where
+                no loss is wanted (defaults to input_ids with padding masked).
+        """
+        self.check_input_ids(input_ids)
+        horizon = self.horizon
+        if input_ids.shape[1] < horizon + 1:
+            raise ValueError(
+                f"sequence length {input_ids.shape[1]} is too short for horizon={horizon}; "
+                f"sequences need at least horizon + 1 = {horizon + 1} tokens"
+            )
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if labels is None:
+            labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+        backbone_frozen = self.config.train_mode == "head"
+        with torch.no_grad() if backbone_frozen else contextlib.nullcontext():
+            hidden = self.hidden_states(input_ids, attention_mask)  # (B, T, D)
+        targets = block_targets(labels, horizon)  # (B, T, H)
+        keep = (targets != IGNORE_INDEX).any(-1) & (attention_mask == 1)
+        if self.config.use_memory_efficient_loss and horizon > 1:
+            phase = int(torch.randint(horizon, (1,)))
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+            keep &= (positions % horizon == phase)[None]
+        h, y = hidden[keep], targets[keep]  # (N, D), (N, H)
+        n_tokens = int((y != IGNORE_INDEX).sum())
+        head_nll = -self.head.log_prob(h, y).sum() / max(n_tokens, 1)
+        loss, lm_nll = head_nll, None
+        if self.config.loss_mode == "joint":
+            first = targets[..., :1]  # every position with a next-token label, not only the kept ones
+            mask = (first[..., 0] != IGNORE_INDEX) & (attention_mask == 1)
+            lm_lp = self.next_token.token_log_probs(hidden[mask], first[mask])
+            lm_nll = -lm_lp.sum() / max(int(mask.sum()), 1)
+            loss = head_nll + self.config.joint_loss_lambda * lm_nll
+        return TJDOutput(loss=loss, head_nll=head_nll, lm_nll=lm_nll, head_tokens=n_tokens)
+
+    # ----- LoRA at inference --------------------------------------------------------------------------
+
+    def _lora_layers(self) -> list[nn.Module]:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        return [m for m in self.lm.modules() if isinstance(m, BaseTunerLayer)]
+
+    @property
+    def has_lora(self) -> bool:
+        return self.config.train_mode == "lora"
+
+    @contextlib.contextmanager
+    def adapters_disabled(self) -> Iterator[None]:
+        """Run the original backbone (LoRA adapters off) inside the block."""
+        layers = self._lora_layers()
+        if any(layer.merged for layer in layers):
+            raise ValueError("LoRA adapters are merged; the original model is not available any more")
+        for layer in layers:
+            layer.enable_adapters(False)
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.enable_adapters(True)
+
+    def merge_adapters(self) -> None:
+        """Fold LoRA weights into the backbone for faster inference (idempotent)."""
+        for layer in self._lora_layers():
+            if not layer.merged:
+                layer.merge()
+
+    # ----- parameters and persistence ------------------------------------------------------------------
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Backbone weights that training may change (LoRA adapters, or the whole body in ``full``)."""
+        if self.config.train_mode == "head":
+            return {}
+        if self.config.train_mode == "lora":
+            return {k: v for k, v in self.lm.state_dict().items() if "lora_" in k}
+        frozen = {id(self.lm.get_output_embeddings().weight)}
+        return {k: v for k, v in self.lm.named_parameters() if id(v) not in frozen}
+
+    def parameter_report(self) -> dict[str, float]:
+        """Head and backbone parameter counts and the head's fraction of the backbone."""
+        backbone = sum(p.numel() for p in self.lm.parameters())
+        head = self.head.num_parameters()
+        lora = sum(v.numel() for k, v in self.lm.state_dict().items() if "lora_" in k)
+        return {"head": head, "lora": lora, "backbone": backbone, "head_fraction": head / backbone}
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write config JSON + safetensors (head and trainable backbone weights) atomically."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            (tmp / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2))
+            save_file(_contiguous(self.head.state_dict()), tmp / HEAD_WEIGHTS)
+            backbone = self.trainable_state_dict()
+            if backbone:
+                save_file(_contiguous(backbone), tmp / BACKBONE_WEIGHTS)
+            _replace_dir(tmp, directory)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike, dtype: str | torch.dtype = "float32", device: str = "cpu"
+    ) -> tuple[TJDModel, object]:
+        """Rebuild a saved TJDModel (base model + saved weights). Returns (model, tokenizer)."""
+        from tjdnet.loading import load_causal_lm
+
+        directory = Path(directory)
+        config_path = directory / CONFIG_FILE
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{directory} is not a saved TJDModel: {CONFIG_FILE} is missing")
+        config = TJDConfig(**json.loads(config_path.read_text()))
+        lm, tokenizer = load_causal_lm(config.base_model, dtype=dtype, device=device)
+        model = cls(lm, config).to(device)
+        model.load_weights(directory)
+        return model, tokenizer
+
+    def load_weights(self, directory: str | os.PathLike) -> None:
+        """Load head and backbone weights written by :meth:`save_pretrained` (strict)."""
+        directory = Path(directory)
+        self.head.load_state_dict(_load(directory / HEAD_WEIGHTS))
+        expected = self.trainable_state_dict()
+        if expected:
+            weights = _load(directory / BACKBONE_WEIGHTS)
+            if set(weights) != set(expected):
+                raise ValueError(f"{directory / BACKBONE_WEIGHTS} does not match train_mode={self.config.train_mode}")
+            self.lm.load_state_dict(weights, strict=False)
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous() for k, v in state.items()}
+
+
+def _load(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"missing weights file {path}")
+    try:
+        return load_file(path)
+    except Exception as error:  # safetensors raises its own error types for truncated files
+        raise ValueError(f"cannot read weights file {path}: {error}") from None
+
+
+def _replace_dir(source: Path, target: Path) -> None:
+    """Move ``source`` to ``target``; an existing ``target`` is only removed once the new one is in place."""
+    if not target.exists():
+        os.replace(source, target)
+        return
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(target, old)
+    os.replace(source, target)
+    shutil.rmtree(old, ignore_errors=True)
