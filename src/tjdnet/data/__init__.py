@@ -1,0 +1,28 @@
+"""Data layer: datasets, prompt formatting, tokenisation with answer-only labels, answer parsing.
+
+Knows nothing of Lightning; ``tjdnet.training`` wraps it in a DataModule.
+"""
+
+from tjdnet.data.answers import is_correct, parse_answer
+from tjdnet.data.encoding import collate, encode_example, encode_prompt
+from tjdnet.data.examples import Conversation, Example
+from tjdnet.data.formatting import IGNORE_INDEX, format_prompt, format_target
+from tjdnet.data.registry import DATASETS, DatasetSpec, load_examples
+from tjdnet.data.selfdistill import self_distill
+
+__all__ = [
+    "DATASETS",
+    "IGNORE_INDEX",
+    "Conversation",
+    "DatasetSpec",
+    "Example",
+    "collate",
+    "encode_example",
+    "encode_prompt",
+    "format_prompt",
+    "format_target",
+    "is_correct",
+    "load_examples",
+    "parse_answer",
+    "self_distill",
+]
