@@ -27,10 +27,10 @@ def tiny_config(kind: str):
     )
 
 
-def make_tiny_lm(kind: str, seed: int = 0):
+def make_tiny_lm(kind: str, seed: int = 0, sharpen: float = 8.0):
     torch.manual_seed(seed)
     cls = GPT2LMHeadModel if kind == "gpt2" else LlamaForCausalLM
     model = cls(tiny_config(kind))
     with torch.no_grad():  # sharper distributions than the default init, so greedy decoding has no near-ties
-        model.get_output_embeddings().weight.mul_(8.0)
+        model.get_output_embeddings().weight.mul_(sharpen)
     return model.eval()

@@ -259,6 +259,12 @@ class TJDModel(nn.Module):
             loss = head_nll + self.config.joint_loss_lambda * lm_nll
         return TJDOutput(loss=loss, head_nll=head_nll, lm_nll=lm_nll, head_tokens=n_tokens)
 
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        """KV-cached generation; see :func:`tjdnet.decoding.generate` for the arguments."""
+        from tjdnet.decoding import generate
+
+        return generate(self, input_ids, attention_mask, **kwargs)
+
     # ----- LoRA at inference --------------------------------------------------------------------------
 
     def _lora_layers(self) -> list[nn.Module]:

@@ -58,7 +58,7 @@ class ComponentAdapters(nn.Module):
         self.w_in = nn.Parameter(torch.randn(n, dim, hidden_dim) / math.sqrt(dim))
         self.w_out = nn.Parameter(torch.zeros(n, hidden_dim, dim))
 
-    def forward(self, h: torch.Tensor, components: slice = slice(None)) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, components: slice | torch.Tensor = slice(None)) -> torch.Tensor:
         """Map h (B, D) to (B, n_selected, D)."""
         x = h.to(self.w_in.dtype)
         inner = torch.nn.functional.silu(torch.einsum("bd,cde->bce", x, self.w_in[components]))
@@ -95,13 +95,13 @@ class JointHead(nn.Module):
         """(B, H-1, R, R) log transitions along the block, or None for a mixture of products."""
         return None
 
-    def component_states(self, h: torch.Tensor, components: slice = slice(None)) -> torch.Tensor:
+    def component_states(self, h: torch.Tensor, components: slice | torch.Tensor = slice(None)) -> torch.Tensor:
         """(B, n_selected, D) inputs of the output embedding; component index = r * H + k."""
         if self.adapters is None:
             return h.unsqueeze(1)[:, components]
         return self.adapters(h, components)
 
-    def component_logits(self, h: torch.Tensor, components: slice = slice(None)) -> torch.Tensor:
+    def component_logits(self, h: torch.Tensor, components: slice | torch.Tensor = slice(None)) -> torch.Tensor:
         """(B, n_selected, V) float32 vocabulary logits of the selected components."""
         z = self.component_states(h, components)
         return self.unembedding(z.to(self.unembedding.weight.dtype)).float()
@@ -123,12 +123,26 @@ class JointHead(nn.Module):
                 f"or {IGNORE_INDEX} (ignored)"
             )
 
-    def forward(self, h: torch.Tensor) -> BlockDistribution:
-        """The exact block distribution for hidden states h (B, D), every component materialised."""
+    def forward(self, h: torch.Tensor, horizon: int | None = None) -> BlockDistribution:
+        """The exact distribution of the first ``horizon`` (default H) tokens of the block.
+
+        All needed components go through the output embedding in one batched product.
+
+        Args:
+            h: (B, D) hidden states.
+        """
         self.check_hidden(h)
-        logits = self.component_logits(h)  # (B, R*H, V)
-        log_emit = torch.log_softmax(logits, dim=-1).unflatten(1, (self.rank, self.horizon))
-        return BlockDistribution(self.log_init(h).float(), _float_or_none(self.log_trans(h)), log_emit)
+        horizon = self.horizon if horizon is None else horizon
+        components = slice(None)
+        if horizon < self.horizon:
+            grid = torch.arange(self.rank, device=h.device)[:, None] * self.horizon + torch.arange(horizon)
+            components = grid.flatten()
+        logits = self.component_logits(h, components)  # (B, R*horizon, V)
+        log_emit = torch.log_softmax(logits, dim=-1).unflatten(1, (self.rank, horizon))
+        log_trans = self.log_trans(h)
+        if log_trans is not None:
+            log_trans = log_trans[:, : horizon - 1].float()
+        return BlockDistribution(self.log_init(h).float(), log_trans, log_emit)
 
     def token_log_probs(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Log emission probability of each target under each component, memory-bounded.

@@ -62,6 +62,7 @@ class BlockDistribution:
         config: SamplingConfig,
         prefix: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        length: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Choose the rest of the block position by position, conditioned on a given prefix.
 
@@ -69,20 +70,23 @@ class BlockDistribution:
 
         Args:
             prefix: (B, P) tokens already fixed at positions 0..P-1 (e.g. the verifier's own token).
+            length: how many tokens to choose after the prefix (default: up to the horizon).
         Returns:
-            tokens (B, H - P) and their processed draft log-distributions (B, H - P, V).
+            tokens (B, L) and their processed draft log-distributions (B, L, V).
         """
         message = self.start()
         fixed = 0 if prefix is None else prefix.shape[1]
+        end = self.horizon if length is None else min(self.horizon, fixed + length)
         for k in range(fixed):
             message = self.observe(message, k, prefix[:, k])
         tokens, dists = [], []
-        for k in range(fixed, self.horizon):
+        for k in range(fixed, end):
             log_q = process_log_probs(self.conditional(message, k), config)
             token = choose_tokens(log_q, config, generator)
             tokens.append(token)
             dists.append(log_q)
-            message = self.observe(message, k, token)
+            if k < end - 1:
+                message = self.observe(message, k, token)
         batch, vocab = self.log_emit.shape[0], self.log_emit.shape[-1]
         if not tokens:
             empty = self.log_emit.new_zeros(batch, 0, vocab)

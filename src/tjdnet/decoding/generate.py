@@ -1,0 +1,285 @@
+"""KV-cached generation with a TJDModel: plain (``ar``), ``draft`` and lossless ``speculative``.
+
+One backbone pass per step in every mode. Rows of a batch advance independently: each row keeps its
+own position counter, and a slot of the shared KV cache that a row rejected is masked out for that
+row (trailing slots rejected by every row are cropped away), so no prefix is ever recomputed.
+Finished rows leave the batch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from tjdnet.decoding.acceptance import greedy_accept, speculative_accept
+from tjdnet.decoding.stats import GenerationStats, RowStats
+from tjdnet.sampling import SamplingConfig, choose_tokens, process_log_probs
+
+GEN_MODES = ("ar", "draft", "speculative")
+
+
+@dataclass
+class GenerationOutput:
+    """``sequences`` (B, T + max_new_tokens): prompt then new tokens, padded with ``pad_token_id``."""
+
+    sequences: torch.Tensor
+    new_tokens: list[list[int]]
+    stats: GenerationStats
+
+
+class _Rows:
+    """The rows still generating: their KV caches, slot masks, positions and last hidden states."""
+
+    def __init__(self, caches: list[DynamicCache], slot_mask: torch.Tensor, next_pos: torch.Tensor) -> None:
+        self.caches = caches
+        self.slot_mask = slot_mask  # (A, L) 1 where a cache slot belongs to the row
+        self.next_pos = next_pos  # (A,) position id of the row's next token
+        self.index = torch.arange(slot_mask.shape[0], device=slot_mask.device)  # original row ids
+
+    def feed_inputs(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention mask (A, L + n) and position ids (A, n) for n new tokens per row."""
+        mask = torch.cat([self.slot_mask, self.slot_mask.new_ones(len(self.index), n)], dim=1)
+        positions = self.next_pos[:, None] + torch.arange(n, device=mask.device)
+        return mask, positions
+
+    def keep_first(self, fed: int, kept: torch.Tensor) -> None:
+        """After feeding ``fed`` tokens, keep the first ``kept`` (A,) of them for each row."""
+        width = int(kept.max())
+        for cache in self.caches:
+            if fed > width:
+                cache.crop(width - fed)
+        new = torch.arange(width, device=kept.device)[None] < kept[:, None]
+        self.slot_mask = torch.cat([self.slot_mask, new.to(self.slot_mask.dtype)], dim=1)
+        self.next_pos = self.next_pos + kept
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Drop the rows where ``keep`` (A,) is False."""
+        idx = keep.nonzero().squeeze(1)
+        for cache in self.caches:
+            cache.batch_select_indices(idx)
+        self.slot_mask, self.next_pos, self.index = self.slot_mask[idx], self.next_pos[idx], self.index[idx]
+
+
+class _Output:
+    """Collects accepted tokens per row, applies EOS and ``max_new_tokens``, and streams them."""
+
+    def __init__(self, batch: int, max_new_tokens: int, eos: set[int], streamer) -> None:
+        self.tokens: list[list[int]] = [[] for _ in range(batch)]
+        self.finished = [max_new_tokens == 0] * batch
+        self.max_new_tokens = max_new_tokens
+        self.eos = eos
+        self.streamer = streamer
+
+    def remaining(self, row: int) -> int:
+        return self.max_new_tokens - len(self.tokens[row])
+
+    def commit(self, row: int, tokens: list[int]) -> int:
+        """Append tokens to a row, up to EOS or the budget; returns how many were taken."""
+        taken = tokens[: self.remaining(row)]
+        for i, token in enumerate(taken):
+            if token in self.eos:
+                taken = taken[: i + 1]
+                self.finished[row] = True
+                break
+        self.tokens[row].extend(taken)
+        if self.remaining(row) == 0:
+            self.finished[row] = True
+        if self.streamer is not None and taken:
+            self.streamer.put(torch.tensor(taken))
+        return len(taken)
+
+
+def _validate(model, input_ids, attention_mask, gen_mode, max_new_tokens, horizon, streamer) -> int:
+    if gen_mode not in GEN_MODES:
+        raise ValueError(f"unknown gen_mode {gen_mode!r}; allowed: {', '.join(GEN_MODES)}")
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0 or input_ids.shape[0] == 0:
+        raise ValueError(f"input_ids of shape {tuple(input_ids.shape)} is empty; pass a (batch, length) prompt")
+    if attention_mask is not None and (attention_mask.sum(-1) == 0).any():
+        raise ValueError("a prompt row is empty (all padding); every row needs at least one token")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r} is not allowed; use an integer >= 0")
+    horizon = model.horizon if horizon is None else horizon
+    if not 1 <= horizon <= model.horizon:
+        raise ValueError(f"horizon={horizon} is not allowed; this head supports 1..{model.horizon}")
+    context = getattr(model.lm.config, "max_position_embeddings", None) or getattr(
+        model.lm.config, "n_positions", None
+    )
+    prompt_len = int(attention_mask.sum(-1).max()) if attention_mask is not None else input_ids.shape[1]
+    if context is not None and prompt_len + max_new_tokens > context:
+        raise ValueError(
+            f"prompt length {prompt_len} + max_new_tokens {max_new_tokens} exceeds the model's context of {context}"
+        )
+    if streamer is not None and input_ids.shape[0] != 1:
+        raise ValueError(f"a streamer needs batch size 1, got {input_ids.shape[0]}")
+    model.check_input_ids(input_ids)
+    return horizon
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    gen_mode: str = "ar",
+    max_new_tokens: int = 20,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_token_id: int | list[int] | None = None,
+    pad_token_id: int | None = None,
+    horizon: int | None = None,
+    streamer=None,
+    verify_with_base: bool = False,
+    generator: torch.Generator | None = None,
+) -> GenerationOutput:
+    """Generate up to ``max_new_tokens`` per row (transformers meaning for every shared argument).
+
+    Args:
+        model: a :class:`~tjdnet.model.TJDModel`.
+        input_ids: (B, T) left-padded prompts; attention_mask: (B, T), 1 for real tokens.
+        gen_mode: ``ar`` (next-token head), ``draft`` (``horizon`` tokens per pass from the joint head,
+            lossy) or ``speculative`` (joint-head drafts verified by the next-token head, lossless).
+        horizon: tokens per block (default: the head's horizon).
+        verify_with_base: with LoRA, verify against the original model (adapters off); costs a second
+            backbone pass per step.
+        generator: random source for sampling.
+    """
+    horizon = _validate(model, input_ids, attention_mask, gen_mode, max_new_tokens, horizon, streamer)
+    config = SamplingConfig(do_sample, temperature, top_k, top_p)
+    if verify_with_base and not model.has_lora:
+        raise ValueError("verify_with_base needs a model fine-tuned with LoRA (train_mode='lora')")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or [])
+    if pad_token_id is None:
+        pad_token_id = min(eos) if eos else 0
+    batch = input_ids.shape[0]
+    out = _Output(batch, max_new_tokens, eos, streamer)
+    stats = GenerationStats(gen_mode=gen_mode, rows=[RowStats() for _ in range(batch)], horizon=horizon)
+    stats.reached, stats.accepted_at = [0] * (horizon - 1), [0] * (horizon - 1)
+    if streamer is not None:
+        streamer.put(input_ids[0].cpu())
+
+    n_caches = 2 if verify_with_base else 1
+    rows = _Rows([DynamicCache(config=model.lm.config) for _ in range(n_caches)], attention_mask, None)
+
+    def forward(tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor):
+        """One step: (draft hidden (A, n, D), verifier log-probs (A, n, V)); counts the passes."""
+        hidden = model.hidden_states(tokens, mask, positions, rows.caches[0])
+        verify_hidden = hidden
+        if verify_with_base:
+            with model.adapters_disabled():
+                verify_hidden = model.hidden_states(tokens, mask, positions, rows.caches[1])
+        for r in rows.index.tolist():
+            stats.rows[r].forward_passes += 1
+        stats.forward_passes += n_caches
+        return hidden, process_log_probs(model.next_token_logits(verify_hidden), config)
+
+    start = time.perf_counter()
+    if max_new_tokens == 0:
+        return _finish(input_ids, out, stats, pad_token_id, streamer)
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+    hidden, log_p = forward(input_ids, attention_mask, positions)
+    rows.next_pos = attention_mask.long().sum(-1)
+    hidden, log_p = hidden[:, -1], log_p[:, -1]
+    stats.prefill_time_s = time.perf_counter() - start
+
+    if gen_mode == "draft":
+        _draft_loop(model, rows, hidden, config, horizon, out, stats, forward, generator)
+    else:
+        draft_len = horizon - 1 if gen_mode == "speculative" else 0
+        pending = choose_tokens(log_p, config, generator)
+        _speculative_loop(model, rows, hidden, pending, config, draft_len, out, stats, forward, generator)
+    stats.decode_time_s = time.perf_counter() - start - stats.prefill_time_s
+    return _finish(input_ids, out, stats, pad_token_id, streamer)
+
+
+def _speculative_loop(model, rows, hidden, pending, config, draft_len, out, stats, forward, generator) -> None:
+    """Commit the verifier's pending token, draft after it, verify the draft in one pass; repeat.
+
+    ``draft_len = 0`` is plain autoregressive decoding.
+    """
+    while True:
+        for a, r in enumerate(rows.index.tolist()):
+            out.commit(r, [int(pending[a])])
+            stats.rows[r].new_tokens += 1
+        keep = torch.tensor([not out.finished[r] for r in rows.index.tolist()], device=hidden.device)
+        if not keep.any():
+            return
+        if not keep.all():
+            rows.select(keep)
+            hidden, pending = hidden[keep], pending[keep]
+        k = min(draft_len, max(out.remaining(r) for r in rows.index.tolist()) - 1)
+        if k > 0:
+            block = model.head(hidden, horizon=k + 1)
+            draft, draft_log_q = block.draft(config, prefix=pending[:, None], generator=generator)
+        else:
+            draft = pending.new_zeros(len(pending), 0)
+        mask, positions = rows.feed_inputs(k + 1)
+        step_hidden, log_p = forward(torch.cat([pending[:, None], draft], dim=1), mask, positions)
+        stats.decode_steps += 1
+        if k == 0:
+            n_accepted = torch.zeros_like(pending)
+            pending = choose_tokens(log_p[:, 0], config, generator)
+        elif config.do_sample:
+            n_accepted, pending = speculative_accept(draft, draft_log_q, log_p, generator)
+        else:
+            n_accepted, pending = greedy_accept(draft, log_p)
+        for a, r in enumerate(rows.index.tolist()):
+            n = int(n_accepted[a])
+            taken = out.commit(r, draft[a, :n].tolist())
+            row = stats.rows[r]
+            row.new_tokens += taken
+            if k > 0:
+                row.drafted += k
+                row.accepted += n
+                row.accepted_lengths.append(n)
+                for i in range(min(n + 1, k)):
+                    stats.reached[i] += 1
+                    stats.accepted_at[i] += int(i < n)
+            if out.finished[r]:
+                pending[a] = -1  # nothing more to commit for this row
+        rows.keep_first(k + 1, n_accepted + 1)
+        hidden = step_hidden[torch.arange(len(n_accepted)), n_accepted]
+        still = pending >= 0
+        if not still.any():
+            return
+        if not still.all():
+            rows.select(still)
+            hidden, pending = hidden[still], pending[still]
+
+
+def _draft_loop(model, rows, hidden, config, horizon, out, stats, forward, generator) -> None:
+    """Take ``horizon`` tokens per pass from the joint head alone (lossy)."""
+    while True:
+        k = min(horizon, max(out.remaining(r) for r in rows.index.tolist()))
+        tokens, _ = model.head(hidden, horizon=k).draft(config, generator=generator)
+        for a, r in enumerate(rows.index.tolist()):
+            stats.rows[r].new_tokens += out.commit(r, tokens[a].tolist())
+        keep = torch.tensor([not out.finished[r] for r in rows.index.tolist()], device=hidden.device)
+        if not keep.any():
+            return
+        if not keep.all():
+            rows.select(keep)
+            tokens = tokens[keep]
+        mask, positions = rows.feed_inputs(k)
+        step_hidden, _ = forward(tokens, mask, positions)
+        stats.decode_steps += 1
+        rows.keep_first(k, torch.full_like(rows.next_pos, k))
+        hidden = step_hidden[:, -1]
+
+
+def _finish(input_ids, out: _Output, stats: GenerationStats, pad_token_id: int, streamer) -> GenerationOutput:
+    if streamer is not None:
+        streamer.end()
+    batch, length = input_ids.shape
+    sequences = input_ids.new_full((batch, length + out.max_new_tokens), pad_token_id)
+    sequences[:, :length] = input_ids
+    for r, tokens in enumerate(out.tokens):
+        sequences[r, length : length + len(tokens)] = torch.tensor(tokens, dtype=sequences.dtype)
+    return GenerationOutput(sequences=sequences, new_tokens=out.tokens, stats=stats)

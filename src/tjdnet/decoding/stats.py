@@ -1,0 +1,103 @@
+"""What a generate call reports: tokens, forward passes, tau, acceptance, timing — per call and per row."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class RowStats:
+    """Counters of one batch row.
+
+    ``forward_passes`` counts the backbone passes this row took part in (prefill included), so
+    ``tau = new_tokens / forward_passes`` is 1.0 for plain decoding and counts the bonus token.
+    """
+
+    new_tokens: int = 0
+    forward_passes: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    accepted_lengths: list[int] = field(default_factory=list)
+
+    @property
+    def tau(self) -> float:
+        return self.new_tokens / self.forward_passes if self.forward_passes else 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+
+@dataclass
+class GenerationStats:
+    """Counters and timings of one ``generate`` call.
+
+    Attributes:
+        forward_passes: backbone calls of the whole batch (the prefill and the verification-only
+            passes of ``verify_with_base`` included).
+        decode_steps: steps after the prefill (one backbone pass each, two with ``verify_with_base``).
+        reached / accepted_at: per draft position i, how many drafted tokens were examined (every
+            earlier one accepted) and how many of those were accepted.
+    """
+
+    gen_mode: str
+    rows: list[RowStats]
+    horizon: int = 1
+    forward_passes: int = 0
+    decode_steps: int = 0
+    prefill_time_s: float = 0.0
+    decode_time_s: float = 0.0
+    reached: list[int] = field(default_factory=list)
+    accepted_at: list[int] = field(default_factory=list)
+
+    @property
+    def new_tokens(self) -> int:
+        return sum(r.new_tokens for r in self.rows)
+
+    @property
+    def tau(self) -> float:
+        """Tokens per forward pass, per row (bonus token counted; plain decoding gives 1.0)."""
+        passes = sum(r.forward_passes for r in self.rows)
+        return self.new_tokens / passes if passes else 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        drafted = sum(r.drafted for r in self.rows)
+        return sum(r.accepted for r in self.rows) / drafted if drafted else 0.0
+
+    @property
+    def per_position_acceptance(self) -> list[float]:
+        """alpha_i = P(draft token i accepted | tokens before it accepted)."""
+        return [a / n if n else 0.0 for a, n in zip(self.accepted_at, self.reached, strict=True)]
+
+    @property
+    def accepted_length_histogram(self) -> list[int]:
+        """How many verification steps accepted 0, 1, ..., H-1 drafted tokens."""
+        hist = [0] * max(self.horizon, 1)
+        for row in self.rows:
+            for n in row.accepted_lengths:
+                hist[n] += 1
+        return hist
+
+    @property
+    def total_time_s(self) -> float:
+        return self.prefill_time_s + self.decode_time_s
+
+    @property
+    def tokens_per_s(self) -> float:
+        """End-to-end new tokens per second (prefill included)."""
+        return self.new_tokens / self.total_time_s if self.total_time_s else 0.0
+
+    def to_dict(self) -> dict:
+        out = {k: v for k, v in asdict(self).items() if k != "rows"}
+        for name in (
+            "new_tokens",
+            "tau",
+            "acceptance_rate",
+            "per_position_acceptance",
+            "accepted_length_histogram",
+            "tokens_per_s",
+        ):
+            out[name] = getattr(self, name)
+        out["rows"] = [{**asdict(r), "tau": r.tau, "acceptance_rate": r.acceptance_rate} for r in self.rows]
+        return out
