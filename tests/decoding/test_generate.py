@@ -231,7 +231,8 @@ def test_transformers_text_streamer_works(capsys):
     tokenizer = gpt2_tokenizer()
     model = build("gpt2")
     ids = torch.randint(3, TINY_VOCAB, (1, 5))
-    out = model.generate(ids, gen_mode="speculative", max_new_tokens=8, streamer=TextStreamer(tokenizer, skip_prompt=True))
+    streamer = TextStreamer(tokenizer, skip_prompt=True)
+    out = model.generate(ids, gen_mode="speculative", max_new_tokens=8, streamer=streamer)
     assert capsys.readouterr().out.strip() == tokenizer.decode(out.new_tokens[0]).strip()
 
 
