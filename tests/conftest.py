@@ -5,12 +5,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
-from tiny_models import make_tiny_lm  # noqa: E402
+from tiny_models import save_tiny_model_dir  # noqa: E402
 
 
 @pytest.fixture(scope="session", params=["gpt2", "llama"])
 def tiny_lm_dir(request, tmp_path_factory):
-    """A local directory holding a tiny random causal LM of each architecture."""
-    path = tmp_path_factory.mktemp(f"tiny-{request.param}")
-    make_tiny_lm(request.param).save_pretrained(path)
-    return str(path)
+    """A local directory holding a tiny random causal LM (and its tokenizer) of each architecture."""
+    return save_tiny_model_dir(request.param, tmp_path_factory.mktemp(f"tiny-{request.param}"))

@@ -21,6 +21,7 @@ def exact_first_tokens(model, prompt: torch.Tensor, config: SamplingConfig) -> t
     """p(x1, x2) (V, V) and p(x3) (V,) under plain sampling with ``config``."""
     v = TINY_VOCAB
     with torch.no_grad():
+
         def step(ids):
             return process_log_probs(model.next_token_logits(model.hidden_states(ids)[:, -1]), config).exp()
 

@@ -104,9 +104,7 @@ def _validate(model, input_ids, attention_mask, gen_mode, max_new_tokens, horizo
     horizon = model.horizon if horizon is None else horizon
     if not 1 <= horizon <= model.horizon:
         raise ValueError(f"horizon={horizon} is not allowed; this head supports 1..{model.horizon}")
-    context = getattr(model.lm.config, "max_position_embeddings", None) or getattr(
-        model.lm.config, "n_positions", None
-    )
+    context = getattr(model.lm.config, "max_position_embeddings", None) or getattr(model.lm.config, "n_positions", None)
     prompt_len = int(attention_mask.sum(-1).max()) if attention_mask is not None else input_ids.shape[1]
     if context is not None and prompt_len + max_new_tokens > context:
         raise ValueError(

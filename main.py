@@ -1,0 +1,6 @@
+"""`python main.py fit|test|generate|bench|bench-heads ...` — the same as the `tjdnet` command."""
+
+from tjdnet.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Answer questions with the *base* model (LoRA adapters off), batched — the self-distillation teacher."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+
+from tjdnet.data import Example
+from tjdnet.evaluation import prompt_batches
+
+
+def base_model_answerer(model, tokenizer, max_new_tokens: int, batch_size: int) -> Callable[[list[str]], list[str]]:
+    """A ``generate_fn(questions) -> answers`` using greedy KV-cached decoding of the original model."""
+
+    def answer(questions: list[str]) -> list[str]:
+        examples = [Example(q, None) for q in questions]
+        texts = []
+        was_training = model.training
+        model.eval()
+        off = model.adapters_disabled() if model.has_lora else contextlib.nullcontext()
+        with off, torch.inference_mode():
+            for _, ids, mask in prompt_batches(tokenizer, examples, batch_size, str(ids_device(model))):
+                out = model.generate(
+                    ids, mask, gen_mode="ar", max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id
+                )
+                texts += [tokenizer.decode(t, skip_special_tokens=True) for t in out.new_tokens]
+        model.train(was_training)
+        return texts
+
+    return answer
+
+
+def ids_device(model) -> torch.device:
+    return next(model.parameters()).device

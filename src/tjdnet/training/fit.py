@@ -1,0 +1,112 @@
+"""``tjdnet fit``: LightningCLI over TJDLitModule and TJDDataModule, with run directories,
+atomic best/last checkpoints, resuming from ``last`` and an optional test after fitting."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from tjdnet.cli import experiments_dir, run_name
+from tjdnet.training.callbacks import PrintSampleCallback
+from tjdnet.training.checkpoint_io import AtomicCheckpointIO
+from tjdnet.training.datamodule import TJDDataModule
+from tjdnet.training.module import TJDLitModule, default_horizon, default_rank
+
+logger = logging.getLogger(__name__)
+
+TRAINER_DEFAULTS = {"max_epochs": 1, "log_every_n_steps": 5, "num_sanity_val_steps": 0}
+
+
+class TJDCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--ckpt_path", type=str | None, default=None, help="checkpoint to resume from")
+        parser.add_argument("--run_name", type=str | None, default=None, help="name of experiments/<run_name>")
+        parser.add_argument("--test_after_fit", type=bool, default=False, help="run `tjdnet test` on best.ckpt")
+        parser.add_argument("--test.gen_modes", type=str, default="ar,speculative", help="modes for the test")
+        parser.add_argument("--test.max_num_samples", type=int | None, default=None, help="test examples")
+        parser.add_argument("--test.max_new_tokens", type=int, default=128)
+        parser.add_argument("--test.batch_size", type=int, default=1)
+        parser.link_arguments("model.model", "data.tokenizer")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config
+        head = config.model.model_head
+        horizon = config.model.horizon or default_horizon(head)
+        if horizon + 1 > config.data.seq_len:
+            raise ValueError(f"horizon={horizon} does not fit in seq_len={config.data.seq_len}; use horizon < seq_len")
+        config.model.horizon = horizon
+        config.model.rank = config.model.rank or default_rank(head)
+        self.run_dir = experiments_dir() / (config.run_name or self._default_run_name())
+
+    def _default_run_name(self) -> str:
+        trainer = {k: self.config.trainer.get(k) for k in ("max_epochs", "max_steps", "accumulate_grad_batches")}
+        return run_name(vars(self.config.model), _plain(self.config.data), trainer)
+
+    def instantiate_trainer(self, **kwargs: Any):
+        trainer_config = self.config_init.get("trainer", {})
+        callbacks = list(trainer_config.get("callbacks") or [])
+        callbacks += [
+            ModelCheckpoint(
+                dirpath=self.run_dir,
+                filename="best",
+                monitor="val_loss",
+                mode="min",
+                save_last=True,
+                save_top_k=1,
+                enable_version_counter=False,
+            ),
+            PrintSampleCallback(max_new_tokens=self.config.model.max_new_tokens),
+        ]
+        kwargs["callbacks"] = callbacks
+        if trainer_config.get("logger") in (None, True):
+            kwargs["logger"] = [
+                CSVLogger(self.run_dir, name="", version="logs"),
+                TensorBoardLogger(self.run_dir, name="", version="logs"),
+            ]
+        kwargs["plugins"] = [*(trainer_config.get("plugins") or []), AtomicCheckpointIO()]
+        kwargs.setdefault("default_root_dir", str(self.run_dir))
+        return super().instantiate_trainer(**kwargs)
+
+
+def _plain(namespace) -> dict:
+    return {k: v for k, v in vars(namespace).items() if k != "tokenizer"}
+
+
+def run_fit(args: list[str]) -> Path:
+    """Fit (resuming from the run's last.ckpt when it exists); returns the run directory."""
+    cli = TJDCLI(
+        TJDLitModule,
+        TJDDataModule,
+        args=args,
+        run=False,
+        trainer_defaults=TRAINER_DEFAULTS,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"prog": "tjdnet fit"},
+    )
+    run_dir: Path = cli.run_dir
+    ckpt_path = cli.config.ckpt_path
+    last = run_dir / "last.ckpt"
+    if ckpt_path is None and last.is_file():
+        ckpt_path = str(last)
+        logger.info("resuming from %s", last)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    logger.info("checkpoints in %s", run_dir)
+    if cli.config.test_after_fit and cli.trainer.is_global_zero:
+        from tjdnet.training.test import run_test
+
+        best = run_dir / "best.ckpt"
+        test = cli.config.test
+        run_test(
+            best if best.is_file() else last,
+            gen_modes=test.gen_modes,
+            max_new_tokens=test.max_new_tokens,
+            batch_size=test.batch_size,
+            data_overrides={"max_num_samples": test.max_num_samples},
+        )
+    return run_dir
