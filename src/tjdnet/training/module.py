@@ -75,6 +75,7 @@ class TJDLitModule(L.LightningModule):
             use_memory_efficient_loss=use_memory_efficient_loss,
         )
         self.model, self.tokenizer = TJDModel.from_base(model, dtype=dtype, **_without_base(config))
+        self.model.train()
         # Checkpoints hold only what training changes; the frozen backbone comes from `model`.
         self.strict_loading = False
 

@@ -19,7 +19,7 @@ def load_trained(ckpt_path: str | Path, dtype: str | None = None, device: str = 
     checkpoint = load_checkpoint_file(ckpt_path)
     if "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
         raise ValueError(f"checkpoint {ckpt_path} was not written by `tjdnet fit` (no hyper_parameters)")
-    hparams = dict(checkpoint["hyper_parameters"])
+    hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
     if dtype is not None:
         hparams["dtype"] = dtype
     module = TJDLitModule(**hparams)
