@@ -1,11 +1,24 @@
-"""Model loading: aliases, local directories, errors; the embedded SmolLM2 offline (slow)."""
+"""Model loading: aliases, local directories, errors, the conversion cache; the embedded SmolLM2 offline (slow)."""
 
-import time
+import os
 
-import pytest
-import torch
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tjdnet.loading import gpt2_tokenizer, load_causal_lm, parse_dtype
+import time  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from tjdnet import loading  # noqa: E402
+from tjdnet.loading import (  # noqa: E402
+    cache_dir,
+    embedded_model_dir,
+    gpt2_tokenizer,
+    load_causal_lm,
+    load_tokenizer,
+    parse_dtype,
+    resolve_model_path,
+)
 
 
 def test_parse_dtype():
@@ -13,20 +26,51 @@ def test_parse_dtype():
     assert parse_dtype(torch.float32) is torch.float32
     with pytest.raises(ValueError, match="unknown dtype 'float8'; allowed: float32, bfloat16, float16"):
         parse_dtype("float8")
+    with pytest.raises(ValueError, match="unsupported dtype torch.int8"):
+        parse_dtype(torch.int8)
 
 
-def test_unknown_model_gives_one_line_error(tmp_path):
+def test_load_causal_lm_rejects_unknown_dtype_naming_auto(tiny_lm_dir):
+    with pytest.raises(ValueError, match="unknown dtype 'fp32'; allowed: float32, bfloat16, float16, auto"):
+        load_causal_lm(tiny_lm_dir, dtype="fp32")
+
+
+def _one_line_error(name: str) -> str:
     with pytest.raises(FileNotFoundError) as info:
-        load_causal_lm(str(tmp_path / "no-such-model"))
+        load_causal_lm(name)
     message = str(info.value)
-    assert "no-such-model" in message and "smollm2-135m" in message and "\n" not in message
+    assert "\n" not in message and "smollm2-135m" in message and "hub id" in message
+    return message
+
+
+BAD_NAMES = ["no-such-org/no-such-model", "not a model!!", "./no/such/dir", "smollm2-135m-typo"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_unknown_model_gives_one_line_error(name):
+    assert repr(name) in _one_line_error(name)
+
+
+def test_missing_local_path_gives_one_line_error(tmp_path):
+    assert "no-such-model" in _one_line_error(str(tmp_path / "no-such-model"))
+
+
+def test_directory_without_config_is_rejected(tmp_path):
+    assert "without config.json" in _one_line_error(str(tmp_path))
 
 
 def test_local_directory_loads_in_requested_dtype(tiny_lm_dir):
+    assert resolve_model_path(tiny_lm_dir) == tiny_lm_dir
     model, tokenizer = load_causal_lm(tiny_lm_dir, dtype="bfloat16")
     assert next(model.parameters()).dtype is torch.bfloat16
     assert not model.training
     assert tokenizer.pad_token is not None
+
+
+def test_auto_dtype_keeps_the_checkpoint_dtype(tiny_lm_dir):
+    model, _ = load_causal_lm(tiny_lm_dir, dtype="auto")
+    assert next(model.parameters()).dtype is torch.float32
+    assert load_tokenizer(tiny_lm_dir).pad_token is not None
 
 
 def test_gpt2_tokenizer_is_real_gpt2():
@@ -35,6 +79,44 @@ def test_gpt2_tokenizer_is_real_gpt2():
     ids = tokenizer("hello world")["input_ids"]
     assert ids == [31373, 995]
     assert tokenizer.decode(ids) == "hello world"
+    text = "Héllo,  wörld 🙂\n\tx<|endoftext|>"
+    ids = tokenizer(text)["input_ids"]
+    assert ids[-1] == tokenizer.eos_token_id == tokenizer.pad_token_id == 50256
+    assert tokenizer.decode(ids) == text
+
+
+def test_cache_dir_follows_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("TJDNET_CACHE_DIR", str(tmp_path))
+    assert cache_dir() == tmp_path / "models"
+    monkeypatch.delenv("TJDNET_CACHE_DIR")
+    assert str(cache_dir()).endswith(os.path.join(".cache", "tjdnet", "models"))
+
+
+def _fake_convert(calls: list, fail: bool = False):
+    def convert(gguf_path, out_dir):
+        calls.append(out_dir)
+        (out_dir / "config.json").write_text("{}")
+        if fail:
+            raise KeyboardInterrupt  # a conversion interrupted after writing part of the directory
+        (out_dir / loading._COMPLETE_MARKER).write_text("{}")
+
+    return convert
+
+
+def test_interrupted_conversion_leaves_no_cache_and_is_redone(monkeypatch, tmp_path):
+    monkeypatch.setenv("TJDNET_CACHE_DIR", str(tmp_path))
+    calls: list = []
+    monkeypatch.setattr(loading, "_convert_gguf", _fake_convert(calls, fail=True))
+    with pytest.raises(KeyboardInterrupt):
+        embedded_model_dir("smollm2-135m")
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [".smollm2-135m.lock"]
+
+    (tmp_path / "models" / ".smollm2-135m.tmp-killed").mkdir()  # left by a process killed with -9
+    monkeypatch.setattr(loading, "_convert_gguf", _fake_convert(calls))
+    target = embedded_model_dir("smollm2-135m")
+    assert target == tmp_path / "models" / "smollm2-135m" and (target / "config.json").is_file()
+    assert not list((tmp_path / "models").glob(".smollm2-135m.tmp-*"))
+    assert embedded_model_dir("smollm2-135m") == target and len(calls) == 2  # the cache is reused
 
 
 @pytest.mark.slow
@@ -43,7 +125,8 @@ def test_embedded_smollm2_loads_offline_and_next_token_head_matches():
 
     model, tokenizer = load_causal_lm("smollm2-135m")
     assert type(model).__name__ == "LlamaForCausalLM"
-    assert tokenizer.chat_template
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # SmolLM2 ties its embeddings
+    assert tokenizer.chat_template and tokenizer.pad_token is not None
     start = time.perf_counter()
     load_causal_lm("smollm2-135m")
     assert time.perf_counter() - start < 10  # the safetensors cache is reused, no second conversion

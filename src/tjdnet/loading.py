@@ -125,9 +125,7 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(src_dir, gguf_file=name)
 
     config = gguf_model.config
-    config.quantization_config = None
-    del config.quantization_config
-    config._name_or_path = ""
+    del config.quantization_config  # the dequantized weights are plain float32
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = plain.load_state_dict(gguf_model.state_dict(), strict=False)
     if unexpected or any(not k.endswith("lm_head.weight") for k in missing):
@@ -137,7 +135,7 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     plain.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
 
-    # The saved directory must reproduce the GGUF model exactly (catches an untied or mis-mapped lm_head).
+    # The saved directory must reproduce the GGUF model's logits (catches an untied or mis-mapped lm_head).
     reloaded = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32).eval()
     input_ids = tokenizer(_CHECK_PROMPT, return_tensors="pt").input_ids
     expected, got = _logits(gguf_model, input_ids), _logits(reloaded, input_ids)
@@ -155,10 +153,12 @@ def embedded_model_dir(alias: str) -> Path:
     The conversion writes into a temporary directory next to the target and renames it into place under
     a file lock, so a killed conversion leaves no half-written cache and concurrent processes convert once.
     """
-    gguf_path = embedded_gguf_path(alias)
+    if alias not in EMBEDDED_MODELS:
+        raise ValueError(f"unknown embedded model {alias!r}; allowed: {', '.join(EMBEDDED_MODELS)}")
     target = cache_dir() / alias
     if _is_complete(target):
         return target
+    gguf_path = embedded_gguf_path(alias)
     target.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(target.parent / f".{alias}.lock"):
         if _is_complete(target):  # another process converted it while we waited
@@ -170,6 +170,7 @@ def embedded_model_dir(alias: str) -> Path:
             shutil.rmtree(target)
         logger.info("converting %s (%s) into %s, once", alias, gguf_path.name, target)
         tmp = Path(tempfile.mkdtemp(prefix=f".{alias}.tmp-", dir=target.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is as readable as any other
         try:
             _convert_gguf(gguf_path, tmp)
             os.replace(tmp, target)
