@@ -36,17 +36,19 @@ class SamplingConfig:
 def process_log_probs(log_probs: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
     """Apply temperature, top-k and top-p to log-probabilities and renormalise.
 
+    Greedy decoding only needs the argmax, so its scores are returned as float32 without normalising.
+
     Args:
         log_probs: (..., V) unnormalised or normalised log-probabilities.
     Returns:
-        (..., V) normalised float32 log-probabilities; filtered entries are -inf.
+        (..., V) float32 scores: normalised log-probabilities when sampling (filtered entries -inf).
     """
     scores = log_probs.float()
-    if config.do_sample and config.temperature != 1.0:
-        scores = scores / config.temperature
-    scores = torch.log_softmax(scores, dim=-1)
     if not config.do_sample:
         return scores
+    if config.temperature != 1.0:
+        scores = scores / config.temperature
+    scores = torch.log_softmax(scores, dim=-1)
     if config.top_k is not None and config.top_k < scores.shape[-1]:
         kth = torch.topk(scores, config.top_k, dim=-1).values[..., -1:]
         scores = scores.masked_fill(scores < kth, float("-inf"))
