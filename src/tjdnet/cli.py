@@ -21,7 +21,7 @@ logger = logging.getLogger("tjdnet")
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return
@@ -58,14 +58,15 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-def run_name(model: dict, data: dict, trainer: dict) -> str:
-    """A readable, stable run name: the key hyper-parameters plus a hash of every setting."""
+def run_name(model: dict, data: dict) -> str:
+    """A readable, stable run name: the key hyper-parameters plus a hash of every model and data setting.
+
+    Trainer settings (epochs, steps) are left out, so extending a run resumes it from ``last.ckpt``.
+    """
     base = Path(str(model["model"]).rstrip("/")).name
-    readable = (
-        f"{base}-{model['model_head']}-h{model['horizon']}-r{model['rank']}-{model['train_mode']}-{data['dataset']}"
-    )
-    blob = json.dumps({"model": model, "data": data, "trainer": trainer}, sort_keys=True, default=str)
-    return f"{readable}-{hashlib.sha1(blob.encode()).hexdigest()[:8]}"
+    head = f"{model['model_head']}-h{model['horizon']}-r{model['rank']}"
+    blob = json.dumps({"model": model, "data": data}, sort_keys=True, default=str)
+    return f"{base}-{head}-{model['train_mode']}-{data['dataset']}-{hashlib.sha1(blob.encode()).hexdigest()[:8]}"
 
 
 def experiments_dir() -> Path:

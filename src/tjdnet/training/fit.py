@@ -4,6 +4,7 @@ atomic best/last checkpoints, resuming from ``last`` and an optional test after 
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,7 @@ class TJDCLI(LightningCLI):
         self.run_dir = experiments_dir() / (config.run_name or self._default_run_name())
 
     def _default_run_name(self) -> str:
-        trainer = {k: self.config.trainer.get(k) for k in ("max_epochs", "max_steps", "accumulate_grad_batches")}
-        return run_name(vars(self.config.model), _plain(self.config.data), trainer)
+        return run_name(vars(self.config.model), _plain(self.config.data))
 
     def instantiate_trainer(self, **kwargs: Any):
         trainer_config = self.config_init.get("trainer", {})
@@ -79,6 +79,7 @@ def _plain(namespace) -> dict:
 
 def run_fit(args: list[str]) -> Path:
     """Fit (resuming from the run's last.ckpt when it exists); returns the run directory."""
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     cli = TJDCLI(
         TJDLitModule,
         TJDDataModule,

@@ -1,0 +1,157 @@
+"""The real CLI on a tiny random model: fit writes checkpoints and resumes, test writes its JSON,
+generate streams, DDP on CPU works, and bad input gives one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_models import save_tiny_model_dir
+
+from tjdnet.cli import main
+
+FIT = [
+    "--model.model_head", "cp", "--model.horizon", "3", "--model.rank", "2", "--model.hidden_dim", "8",
+    "--model.max_new_tokens", "8", "--data.dataset", "stemp", "--data.max_num_samples", "16",
+    "--data.max_eval_samples", "4", "--data.batch_size", "8", "--data.seq_len", "128",
+    "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_tiny_model_dir("llama", tmp_path_factory.mktemp("tiny-cli"))
+
+
+@pytest.fixture
+def experiments(tmp_path, monkeypatch):
+    monkeypatch.setenv("TJDNET_EXPERIMENTS", str(tmp_path / "experiments"))
+    return tmp_path / "experiments"
+
+
+def run(args: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exit:
+        code = exit.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def last_line(err: str) -> str:
+    """The one-line error that ends stderr (library warnings may come before it)."""
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("tjdnet: error: ")
+    return line
+
+
+def global_step(path: Path) -> int:
+    return torch.load(path, map_location="cpu", weights_only=False)["global_step"]
+
+
+def test_fit_resume_test_generate(model_dir, experiments, capsys):
+    args = ["fit", "--model.model", model_dir, *FIT, "--run_name", "r"]
+    assert run(args, capsys)[0] == 0
+    run_dir = experiments / "r"
+    for name in ("best.ckpt", "last.ckpt", "logs/metrics.csv"):
+        assert (run_dir / name).is_file(), name
+    assert global_step(run_dir / "last.ckpt") == 2
+    # The checkpoint holds only what training changed (head + LoRA), not the frozen backbone.
+    keys = torch.load(run_dir / "last.ckpt", weights_only=False)["state_dict"]
+    assert keys and all(".head." in k or "lora_" in k for k in keys)
+
+    # Same arguments, one more epoch: resumes from last.ckpt and the step counter continues.
+    longer = list(args)
+    longer[longer.index("--trainer.max_epochs") + 1] = "2"
+    assert run(longer, capsys)[0] == 0
+    assert global_step(run_dir / "last.ckpt") == 4
+
+    code, out, err = run(
+        ["test", "--ckpt_path", str(run_dir / "best.ckpt"), "--gen_modes", "ar,speculative,draft",
+         "--data.max_num_samples", "3", "--max_new_tokens", "12"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "speedup_vs_ar" in out
+    payload = json.loads((run_dir / "test_results.json").read_text())
+    for mode in ("ar", "speculative", "draft"):
+        result = payload["results"][mode]
+        for field in ("accuracy", "tau", "tokens_per_s", "speedup_vs_ar", "identical_to_ar", "acceptance_rate",
+                      "per_position_acceptance", "forward_passes", "new_tokens"):  # fmt: skip
+            assert field in result, (mode, field)
+    assert payload["results"]["speculative"]["identical_to_ar"] == 1.0
+    assert payload["results"]["ar"]["tau"] == 1.0
+    assert payload["num_prompts"] == 3 and payload["machine"]["torch"]
+
+    code, out, err = run(
+        ["generate", "--ckpt_path", str(run_dir / "best.ckpt"), "--prompt", "What is 3°C in Fahrenheit?",
+         "--max_new_tokens", "6"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "[speculative] 6 tokens" in out
+
+
+def test_truncated_checkpoint_is_a_clear_error(model_dir, experiments, capsys):
+    assert run(["fit", "--model.model", model_dir, *FIT, "--run_name", "t"], capsys)[0] == 0
+    ckpt = experiments / "t" / "best.ckpt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    code, _, err = run(["test", "--ckpt_path", str(ckpt)], capsys)
+    assert code == 2
+    assert "is truncated or corrupt" in last_line(err) and str(ckpt) in last_line(err)
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--data.dataset", "wikitext"], "unknown dataset 'wikitext'"),
+        (["--data.dataset", "jsonl"], "needs --data.path"),
+        (["--data.seq_len", "3"], "horizon=3 does not fit in seq_len=3"),
+        (["--data.seq_len", "12"], "seq_len=12 leaves no room for the answer"),
+        (["--model.model_head", "tucker"], "unknown head 'tucker'"),
+    ],
+)
+def test_bad_fit_arguments(model_dir, experiments, capsys, extra, message):
+    code, _, err = run(["fit", "--model.model", model_dir, *FIT, *extra], capsys)
+    assert code == 2
+    assert message in last_line(err)
+
+
+def test_jsonl_line_without_fields_names_the_line(model_dir, experiments, tmp_path, capsys):
+    data = tmp_path / "qa.jsonl"
+    lines = [json.dumps({"question": f"q{i}", "answer": f"a #### {i}"}) for i in range(5)]
+    lines.insert(3, json.dumps({"prompt": "oops"}))
+    data.write_text("\n".join(lines) + "\n")
+    code, _, err = run(["fit", "--model.model", model_dir, *FIT, "--data.dataset", "jsonl", "--data.path", str(data)],
+                       capsys)  # fmt: skip
+    assert code == 2
+    assert "qa.jsonl:4:" in last_line(err)  # file:line of the bad line
+
+
+def test_unknown_command_and_help(capsys):
+    assert run(["train"], capsys)[0] == 2
+    assert run(["--help"], capsys)[0] == 0
+
+
+def test_main_py_is_the_same_command():
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, str(root / "main.py"), "--help"], capture_output=True, text=True, check=True)
+    assert "usage: tjdnet" in out.stdout
+
+
+def test_ddp_fit_on_cpu_then_test(model_dir, tmp_path):
+    env = {**os.environ, "TJDNET_EXPERIMENTS": str(tmp_path / "experiments"), "HF_HUB_OFFLINE": "1"}
+    fit = [sys.executable, "-m", "tjdnet.cli", "fit", "--model.model", model_dir, *FIT, "--run_name", "ddp",
+           "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]  # fmt: skip
+    done = subprocess.run(fit, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ckpt = tmp_path / "experiments" / "ddp" / "best.ckpt"
+    test = [sys.executable, "-m", "tjdnet.cli", "test", "--ckpt_path", str(ckpt), "--data.max_num_samples", "2",
+            "--max_new_tokens", "6"]  # fmt: skip
+    done = subprocess.run(test, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "experiments" / "ddp" / "test_results.json").is_file()
