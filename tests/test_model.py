@@ -173,3 +173,11 @@ def test_bad_batches():
         model(torch.randint(0, TINY_VOCAB, (1, 3)))
     with pytest.raises(ValueError, match=f"token id {TINY_VOCAB} is out of range"):
         model(torch.full((1, 6), TINY_VOCAB))
+
+
+def test_lora_on_last_layers_only():
+    model = build("llama", train_mode="lora", lora_layers=1)
+    names = [n for n, p in model.lm.named_parameters() if p.requires_grad and "lora_" in n]
+    assert names and all(".layers.1." in n for n in names)
+    with pytest.raises(ValueError, match="lora_layers=5 is not allowed; this model has 1..2 layers"):
+        build("gpt2", train_mode="lora", lora_layers=5)

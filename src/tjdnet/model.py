@@ -42,6 +42,7 @@ class TJDConfig:
         head: name of the head (``stp``, ``multihead``, ``cp``, ``mps``).
         horizon, rank, hidden_dim: head hyper-parameters (see :class:`HeadConfig`).
         train_mode: ``head`` (backbone frozen), ``lora`` (peft adapters) or ``full``.
+        lora_layers: adapt only the last N transformer blocks (None: all).
         loss_mode: ``draft`` (head NLL) or ``joint`` (head NLL + lambda x next-token cross-entropy).
         use_memory_efficient_loss: score the head at every H-th position only (random phase).
     """
@@ -55,6 +56,7 @@ class TJDConfig:
     lora_rank: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
+    lora_layers: int | None = None
     loss_mode: str = "draft"
     joint_loss_lambda: float = 1.0
     use_memory_efficient_loss: bool = False
@@ -94,12 +96,24 @@ def block_targets(labels: torch.Tensor, horizon: int) -> torch.Tensor:
     return padded.unfold(1, horizon, 1)[:, 1 : length + 1]
 
 
-def lora_target_modules(module: nn.Module) -> list[str]:
-    """Leaf names of every linear projection of a backbone (nn.Linear and GPT-2's Conv1D)."""
+def lora_target_modules(module: nn.Module, last_layers: int | None = None) -> list[str]:
+    """Names of the linear projections (nn.Linear and GPT-2's Conv1D) of a backbone that LoRA adapts.
+
+    With ``last_layers``, only the projections inside the last N transformer blocks (the backbone's longest
+    ModuleList): the frozen blocks below then need no backward pass at all, which roughly halves training cost.
+    """
     from transformers.pytorch_utils import Conv1D
 
-    names = {name.rsplit(".", 1)[-1] for name, m in module.named_modules() if isinstance(m, nn.Linear | Conv1D)}
-    return sorted(names)
+    linear = {name for name, m in module.named_modules() if isinstance(m, nn.Linear | Conv1D)}
+    if last_layers is None:
+        return sorted({name.rsplit(".", 1)[-1] for name in linear})
+    blocks_name, blocks = max(
+        ((name, m) for name, m in module.named_modules() if isinstance(m, nn.ModuleList)), key=lambda x: len(x[1])
+    )
+    if not 1 <= last_layers <= len(blocks):
+        raise ValueError(f"lora_layers={last_layers} is not allowed; this model has 1..{len(blocks)} layers")
+    prefixes = tuple(f"{blocks_name}.{i}." for i in range(len(blocks) - last_layers, len(blocks)))
+    return sorted(name for name in linear if name.startswith(prefixes))
 
 
 def uses_conv1d(module: nn.Module) -> bool:
@@ -155,7 +169,7 @@ class TJDModel(nn.Module):
             from peft import LoraConfig, inject_adapter_in_model
 
             if not config.lora_target_modules:
-                config.lora_target_modules = lora_target_modules(self.backbone)
+                config.lora_target_modules = lora_target_modules(self.backbone, config.lora_layers)
             lora = LoraConfig(
                 r=config.lora_rank,
                 lora_alpha=config.lora_alpha,

@@ -31,6 +31,7 @@ class TJDLitModule(L.LightningModule):
         hidden_dim: width of each component's residual adapter.
         train_mode: ``head``, ``lora`` or ``full``.
         lora_rank: LoRA rank (``lora_alpha`` = 2 x rank).
+        lora_layers: put LoRA on the last N transformer blocks only (None: all); cheaper backward.
         loss_mode: ``draft`` (head NLL) or ``joint`` (head NLL + joint_loss_lambda x next-token CE).
         use_memory_efficient_loss: score the head at every H-th position only.
         lr: peak learning rate (AdamW), reached after ``warmup_steps``, then cosine decay to 10%.
@@ -47,6 +48,7 @@ class TJDLitModule(L.LightningModule):
         hidden_dim: int = 64,
         train_mode: str = "lora",
         lora_rank: int = 16,
+        lora_layers: int | None = None,
         loss_mode: str = "joint",
         joint_loss_lambda: float = 1.0,
         use_memory_efficient_loss: bool = False,
@@ -70,6 +72,7 @@ class TJDLitModule(L.LightningModule):
             train_mode=train_mode,
             lora_rank=lora_rank,
             lora_alpha=2 * lora_rank,
+            lora_layers=lora_layers,
             loss_mode=loss_mode,
             joint_loss_lambda=joint_loss_lambda,
             use_memory_efficient_loss=use_memory_efficient_loss,
