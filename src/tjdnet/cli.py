@@ -1,4 +1,4 @@
-"""``tjdnet fit | test | generate | bench | bench-heads`` (also ``python main.py ...``).
+"""``tjdnet fit | test | generate | bench | bench-heads | bench-plot`` (also ``python main.py ...``).
 
 ``fit`` is a LightningCLI (every ``--model.*``, ``--data.*``, ``--trainer.*`` flag and ``--config``);
 the others are plain commands that load a checkpoint written by ``fit``.
@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-COMMANDS = ("fit", "test", "generate", "bench", "bench-heads")
+COMMANDS = ("fit", "test", "generate", "bench", "bench-heads", "bench-plot")
 USAGE = f"usage: tjdnet {{{','.join(COMMANDS)}}} [--help] [options]"
 
 logger = logging.getLogger("tjdnet")
@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> None:
             from tjdnet.bench.runner import run_bench_cli
 
             run_bench_cli(rest)
+        elif command == "bench-plot":
+            from tjdnet.bench.plots import run_bench_plot_cli
+
+            run_bench_plot_cli(rest)
         else:
             from tjdnet.bench.heads import run_bench_heads_cli
 
