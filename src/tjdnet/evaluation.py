@@ -7,7 +7,6 @@ so tau and tokens/s are ratios of sums (the protocol of ``anchors.md`` §15.2).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -56,8 +55,9 @@ class ModeResult:
         return self.new_tokens / self.row_passes if self.row_passes else 0.0
 
     @property
-    def acceptance_rate(self) -> float:
-        return self.accepted / self.drafted if self.drafted else 0.0
+    def acceptance_rate(self) -> float | None:
+        """Accepted / drafted tokens; None for modes that draft nothing."""
+        return self.accepted / self.drafted if self.drafted else None
 
     @property
     def tokens_per_s(self) -> float:
@@ -65,8 +65,9 @@ class ModeResult:
         return self.new_tokens / total if total else 0.0
 
     @property
-    def accuracy(self) -> float:
-        return self.correct / self.scored if self.scored else math.nan
+    def accuracy(self) -> float | None:
+        """Fraction of scored answers that are correct; None when the dataset has no answers."""
+        return self.correct / self.scored if self.scored else None
 
     def summary(self) -> dict:
         return {
@@ -147,10 +148,10 @@ def compare_to(results: dict[str, ModeResult], baseline: str = "ar") -> dict[str
         summary = result.summary()
         if base is not None:
             summary[f"speedup_vs_{baseline}"] = (
-                result.tokens_per_s / base.tokens_per_s if base.tokens_per_s else math.nan
+                result.tokens_per_s / base.tokens_per_s if base.tokens_per_s else None
             )
             same = [a == b for a, b in zip(result.outputs, base.outputs, strict=True)]
-            summary[f"identical_to_{baseline}"] = sum(same) / len(same) if same else math.nan
+            summary[f"identical_to_{baseline}"] = sum(same) / len(same) if same else None
         out[mode] = summary
     return out
 
@@ -165,6 +166,6 @@ def format_table(summaries: dict[str, dict], columns: Sequence[str]) -> str:
 
 
 def _fmt(value) -> str:
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.3f}"
-    return str(value)
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
