@@ -155,3 +155,17 @@ def test_ddp_fit_on_cpu_then_test(model_dir, tmp_path):
     done = subprocess.run(test, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "experiments" / "ddp" / "test_results.json").is_file()
+
+
+def test_selfdistill_regenerates_answers_with_the_base_model_once(model_dir, experiments, capsys):
+    args = ["fit", "--model.model", model_dir, *FIT, "--data.dataset", "selfdistill", "--data.source", "stemp",
+            "--data.distill_max_new_tokens", "6", "--run_name", "sd"]  # fmt: skip
+    assert run(args, capsys)[0] == 0
+    cached = list((experiments / "selfdistill").glob("selfdistill-*.jsonl"))
+    assert len(cached) == 1
+    rows = [json.loads(line) for line in cached[0].read_text().splitlines()]
+    assert len(rows) == 16  # --data.max_num_samples questions, answered by the base model
+    before = cached[0].stat().st_mtime
+    args[args.index("--run_name") + 1] = "sd2"
+    assert run(args, capsys)[0] == 0
+    assert cached[0].stat().st_mtime == before  # the second fit reuses the cache

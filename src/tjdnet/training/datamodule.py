@@ -96,8 +96,9 @@ class TJDDataModule(L.LightningDataModule):
         h = self.hparams
         answer = base_model_answerer(module.model, tokenizer, h.distill_max_new_tokens, h.batch_size)
         settings = {"model": module.hparams.model, "max_new_tokens": h.distill_max_new_tokens, "greedy": True}
-        cache_dir = Path("experiments") / "selfdistill"
-        return self_distill(examples, answer, cache_dir, h.batch_size, settings)
+        from tjdnet.cli import experiments_dir
+
+        return self_distill(examples, answer, experiments_dir() / "selfdistill", h.batch_size, settings)
 
     def _loader(self, rows: list[dict], shuffle: bool) -> DataLoader:
         return DataLoader(
