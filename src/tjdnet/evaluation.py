@@ -147,9 +147,7 @@ def compare_to(results: dict[str, ModeResult], baseline: str = "ar") -> dict[str
     for mode, result in results.items():
         summary = result.summary()
         if base is not None:
-            summary[f"speedup_vs_{baseline}"] = (
-                result.tokens_per_s / base.tokens_per_s if base.tokens_per_s else None
-            )
+            summary[f"speedup_vs_{baseline}"] = result.tokens_per_s / base.tokens_per_s if base.tokens_per_s else None
             same = [a == b for a, b in zip(result.outputs, base.outputs, strict=True)]
             summary[f"identical_to_{baseline}"] = sum(same) / len(same) if same else None
         out[mode] = summary
