@@ -10,6 +10,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from tjdnet.data import DATASETS, collate, encode_example, load_examples, self_distill
+from tjdnet.loading import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class TJDDataModule(L.LightningDataModule):
             return
         h = self.hparams
         module = self.trainer.lightning_module if self.trainer is not None else None
-        tokenizer = module.tokenizer if module is not None else _load_tokenizer(h.tokenizer)
+        tokenizer = module.tokenizer if module is not None else load_tokenizer(h.tokenizer)
         train = self.records("train", h.max_num_samples)
         evaluation = self.records("eval", h.max_eval_samples)
         if h.dataset == SELF_DISTILL:
@@ -114,9 +115,3 @@ class TJDDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.eval_rows, shuffle=False)
-
-
-def _load_tokenizer(name: str):
-    from tjdnet.loading import load_tokenizer
-
-    return load_tokenizer(name)

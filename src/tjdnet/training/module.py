@@ -7,6 +7,7 @@ import math
 import lightning as L
 import torch
 
+from tjdnet.loading import load_causal_lm
 from tjdnet.model import TJDConfig, TJDModel
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -77,7 +78,9 @@ class TJDLitModule(L.LightningModule):
             joint_loss_lambda=joint_loss_lambda,
             use_memory_efficient_loss=use_memory_efficient_loss,
         )
-        self.model, self.tokenizer = TJDModel.from_base(model, dtype=dtype, **_without_base(config))
+        config.validate()  # before the (slow) model load
+        lm, self.tokenizer = load_causal_lm(model, dtype=dtype)
+        self.model = TJDModel(lm, config)
         self.model.train()
         # Checkpoints hold only what training changes; the frozen backbone comes from `model`.
         self.strict_loading = False
@@ -128,11 +131,3 @@ class TJDLitModule(L.LightningModule):
         missing = self.trainable_keys() - set(checkpoint["state_dict"])
         if missing:
             raise ValueError(f"checkpoint lacks {len(missing)} trained weights, e.g. {sorted(missing)[0]}")
-
-
-def _without_base(config: TJDConfig) -> dict:
-    from dataclasses import asdict
-
-    values = asdict(config)
-    values.pop("base_model")
-    return values
