@@ -74,8 +74,17 @@ def main() -> None:
     print(f"  ours ar: {speed['ar']:.1f} tok/s   transformers generate: {speed['hf_generate']:.1f} tok/s")
     print(f"cached forward over k new tokens ({args.context}-token context), relative to k = 1:")
     print("  " + "  ".join(f"k={k}: {relative[k]:.2f}" for k in cost) + f"   (k=1: {cost[1] * 1000:.1f} ms)")
-    print(json.dumps({"args": vars(args), "machine": machine_info(), "tokens_per_s": speed,
-                      "forward_s": cost, "relative_cost": relative}))
+    print(
+        json.dumps(
+            {
+                "args": vars(args),
+                "machine": machine_info(),
+                "tokens_per_s": speed,
+                "forward_s": cost,
+                "relative_cost": relative,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

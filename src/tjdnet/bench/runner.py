@@ -186,8 +186,30 @@ def bench_modes(
         else partial(ours, gen_mode=m)
         for m in modes
     }
+    summaries = bench_generators(generators, model.backbone, tokenizer, examples, batch_size, repeats, warmup, scored)
+    return summaries, skipped
+
+
+def bench_generators(
+    generators: dict[str, Generator],
+    backbone: torch.nn.Module,
+    tokenizer,
+    examples: Sequence,
+    batch_size: int = 1,
+    repeats: int = 3,
+    warmup: int = 3,
+    scored: bool = True,
+) -> dict[str, dict]:
+    """Time named generators (``(input_ids, attention_mask) -> GenerationOutput``) that share ``backbone``.
+
+    Every generator runs on every prompt batch before the next batch, in an order rotated per repeat, after
+    ``warmup`` untimed runs of each on the first batch. Forward passes are counted on ``backbone``. One of the
+    names should be ``ar`` (the reference for ``identical_to_ar`` and ``speedup_vs_ar``). Returns the
+    summaries per name (:func:`summarise`).
+    """
+    modes = list(generators)
     batches = list(prompt_batches(tokenizer, examples, batch_size))
-    counter = ForwardCounter(model.backbone)
+    counter = ForwardCounter(backbone)
     try:
         _, ids, mask = batches[0]
         for _ in range(warmup):
@@ -207,7 +229,7 @@ def bench_modes(
         for results in runs[1:]:
             if results[mode].outputs != runs[0][mode].outputs:
                 logger.warning("%s produced different tokens in different repeats", mode)
-    return summarise(runs, num_prompts=len(examples)), skipped
+    return summarise(runs, num_prompts=len(examples))
 
 
 def _record(result: ModeResult, out: GenerationOutput, chunk, tokenizer, scored: bool) -> None:

@@ -104,7 +104,10 @@ class JointHead(nn.Module):
     def component_logits(self, h: torch.Tensor, components: slice | torch.Tensor = slice(None)) -> torch.Tensor:
         """(B, n_selected, V) float32 vocabulary logits of the selected components."""
         z = self.component_states(h, components)
-        return self.unembedding(z.to(self.unembedding.weight.dtype)).float()
+        # One (B*n, D) product: a 3-D input whose strides do not fold falls back to a batched product
+        # with the (V, D) weight expanded per row, several times slower on CPU.
+        flat = z.reshape(-1, z.shape[-1]).to(self.unembedding.weight.dtype)
+        return self.unembedding(flat).float().unflatten(0, z.shape[:2])
 
     def check_hidden(self, h: torch.Tensor) -> None:
         if h.shape[-1] != self.config.hidden_size:

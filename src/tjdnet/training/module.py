@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import lightning as L
 import torch
@@ -108,14 +109,7 @@ class TJDLitModule(L.LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=0.0)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = self.hparams.warmup_steps
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-            return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
-
+        schedule = partial(lr_factor, warmup=self.hparams.warmup_steps, total=total)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -131,3 +125,11 @@ class TJDLitModule(L.LightningModule):
         missing = self.trainable_keys() - set(checkpoint["state_dict"])
         if missing:
             raise ValueError(f"checkpoint lacks {len(missing)} trained weights, e.g. {sorted(missing)[0]}")
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up over ``warmup`` steps, then cosine decay to 0.1."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))

@@ -1,0 +1,173 @@
+"""The key experiment: joint heads vs independent heads on the embedded model, trained on its own answers.
+
+1. Self-distil GSM8K-train questions with the base model (greedy, cached under ``experiments/selfdistill``,
+   the same cache ``tjdnet fit --data.dataset selfdistill`` uses).
+2. Run the frozen backbone once over them and keep the answer positions (``head`` mode: every head would see
+   exactly these hidden states).
+3. Train every head config on the same positions, in the same order, for the same steps
+   (``tjdnet.training.head_features``); save each with ``save_pretrained`` and report its held-out NLL.
+4. Decode GSM8K dev and MT-Bench prompts with our ``ar`` and every head's ``speculative`` mode, all interleaved
+   per prompt in one process on the shared backbone (``tjdnet.bench.runner.bench_generators``); write one
+   ``tjdnet bench``-format JSON per head and dataset, so ``tjdnet bench-plot`` draws them.
+
+    HF_HUB_OFFLINE=1 python benchmarks/key_experiment.py --gsm8k ../shared/data/gsm8k \\
+        --mt_bench ../shared/data/mt_bench --out_dir benchmarks/results/key
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from tjdnet.bench.runner import bench_generators, format_bench_table
+from tjdnet.cli import experiments_dir
+from tjdnet.data import encode_example, load_examples, self_distill
+from tjdnet.loading import load_causal_lm
+from tjdnet.machine import machine_info
+from tjdnet.model import TJDConfig, TJDModel
+from tjdnet.training.distill import base_model_answerer
+from tjdnet.training.head_features import collect_features, evaluate_head, fit_head
+from tjdnet.training.test import write_json
+
+logger = logging.getLogger("key_experiment")
+
+DEFAULT_CONFIGS = "multihead:1:2,multihead:1:4,cp:2:2,cp:2:4,cp:8:2,cp:8:4,mps:2:2,mps:2:4,mps:8:2,mps:8:4"
+
+
+def parse_configs(value: str) -> list[tuple[str, int, int]]:
+    """``head:rank:horizon,...`` -> [(head, rank, horizon)]."""
+    configs = []
+    for item in value.split(","):
+        head, rank, horizon = item.split(":")
+        configs.append((head, int(rank), int(horizon)))
+    return configs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--gsm8k", required=True, help="directory of GSM8K train / test jsonl")
+    parser.add_argument("--mt_bench", required=True, help="MT-Bench question.jsonl or its directory")
+    parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="head:rank:horizon, comma-separated")
+    parser.add_argument("--train_questions", type=int, default=64)
+    parser.add_argument("--distill_max_new_tokens", type=int, default=128)
+    parser.add_argument("--distill_batch_size", type=int, default=8)
+    parser.add_argument("--seq_len", type=int, default=512)
+    parser.add_argument("--held_out", type=int, default=512, help="positions kept for the held-out NLL")
+    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--batch_positions", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--hidden_dim", type=int, default=64)
+    parser.add_argument("--num_prompts", type=int, default=8, help="per benchmark dataset")
+    parser.add_argument("--max_new_tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--num_threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out_dir", default="benchmarks/results/key")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(args.num_threads)
+    out_dir = Path(args.out_dir)
+    configs = parse_configs(args.configs)
+
+    lm, tokenizer = load_causal_lm(args.model, dtype="float32")
+    base = TJDModel(lm, TJDConfig(base_model=args.model, head="stp", horizon=1, rank=1)).eval()
+
+    t0 = time.perf_counter()
+    questions = load_examples("gsm8k", "train", args.gsm8k, args.train_questions, args.seed)
+    answer = base_model_answerer(base, tokenizer, args.distill_max_new_tokens, args.distill_batch_size)
+    settings = {"model": args.model, "max_new_tokens": args.distill_max_new_tokens, "greedy": True}
+    distilled = self_distill(questions, answer, experiments_dir() / "selfdistill", args.distill_batch_size, settings)
+    distill_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    rows = [encode_example(tokenizer, e, args.seq_len) for e in distilled]
+    max_horizon = max(h for _, _, h in configs)
+    features = collect_features(base, rows, max_horizon, tokenizer.pad_token_id)
+    train, held_out = features.split(args.held_out, args.seed)
+    features_s = time.perf_counter() - t0
+    logger.info("%d answer positions, %d held out, in %.0f s", len(features), len(held_out), features_s)
+
+    models: dict[str, TJDModel] = {}
+    training: dict[str, dict] = {}
+    for head, rank, horizon in configs:
+        name = f"{head}_r{rank}_h{horizon}"
+        config = TJDConfig(
+            base_model=args.model, head=head, horizon=horizon, rank=rank, hidden_dim=args.hidden_dim, train_mode="head"
+        )
+        torch.manual_seed(args.seed)
+        model = TJDModel(lm, config)
+        nll_before = evaluate_head(model, held_out)
+        t0 = time.perf_counter()
+        losses = fit_head(model, train, args.steps, args.batch_positions, args.lr, seed=args.seed)
+        fit_s = time.perf_counter() - t0
+        nll_after = evaluate_head(model, held_out)
+        model.save_pretrained(out_dir / "heads" / name)
+        models[name] = model.eval()
+        training[name] = {
+            "head": head,
+            "rank": rank,
+            "horizon": horizon,
+            "parameters": model.head.num_parameters(),
+            "held_out_nll_before": nll_before,
+            "held_out_nll_after": nll_after,
+            "train_loss_first": losses[0],
+            "train_loss_last": losses[-1],
+            "fit_s": fit_s,
+        }
+        logger.info("%s: held-out NLL/token %.3f -> %.3f in %.0f s", name, nll_before, nll_after, fit_s)
+
+    description = {
+        "model": args.model,
+        "distilled_questions": len(distilled),
+        "answer_positions": len(features),
+        "train_positions": len(train),
+        "held_out_positions": len(held_out),
+        "distill_s": distill_s,
+        "features_s": features_s,
+        "args": vars(args),
+        "machine": machine_info(),
+        "training": training,
+    }
+    write_json(out_dir / "training.json", description)
+
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    decode = partial(dict, max_new_tokens=args.max_new_tokens, eos_token_id=eos, pad_token_id=pad)
+    for dataset, path in (("gsm8k", args.gsm8k), ("mt_bench", args.mt_bench)):
+        examples = load_examples(dataset, "test", path, args.num_prompts, args.seed)
+        generators = {"ar": partial(base.generate, gen_mode="ar", **decode())}
+        generators |= {n: partial(m.generate, gen_mode="speculative", **decode()) for n, m in models.items()}
+        with torch.inference_mode():
+            results = bench_generators(
+                generators, base.backbone, tokenizer, examples, 1, args.repeats, args.warmup, dataset == "gsm8k"
+            )
+        for name, info in training.items():
+            payload = {
+                "checkpoint": str(out_dir / "heads" / name),
+                "model": {"model": args.model, "model_head": info["head"], **{k: info[k] for k in ("rank", "horizon")}},
+                "dataset": dataset,
+                "split": "test",
+                "num_prompts": len(examples),
+                "args": {**vars(args), "batch_size": 1, "gen_modes": ["ar", "speculative"]},
+                "dtype": "float32",
+                "machine": machine_info(),
+                "training": info,
+                "results": {"ar": results["ar"], "speculative": results[name]},
+                "skipped": {},
+            }
+            write_json(out_dir / f"{dataset}_{name}.json", payload)
+        table = {"results": results}
+        print(f"\n== {dataset}: {len(examples)} prompts, {args.max_new_tokens} new tokens, batch 1 ==")
+        print(format_bench_table(table))
+    print(json.dumps({n: round(t["held_out_nll_after"], 3) for n, t in training.items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

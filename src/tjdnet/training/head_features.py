@@ -1,0 +1,130 @@
+"""Head-only training on cached backbone features.
+
+In ``head`` mode the backbone is frozen, so its last hidden states over a dataset are the same at every step
+and for every head: computing them once and training any number of heads on them is the same optimisation
+as ``tjdnet fit --model.train_mode head`` (same loss, same optimiser and schedule), without a backbone pass
+per step. Comparisons of heads on equal data use this.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from tjdnet.data import collate
+from tjdnet.model import TJDModel, block_targets
+from tjdnet.tensorops.logspace import IGNORE_INDEX
+from tjdnet.training.module import lr_factor
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Features:
+    """Backbone features of every answer position.
+
+    Attributes:
+        hidden: (N, D) last hidden states at positions with a label among the next H tokens.
+        targets: (N, H) the next H labels at those positions, -100 past the end of the answer.
+    """
+
+    hidden: torch.Tensor
+    targets: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.hidden.shape[0]
+
+    def split(self, n_held_out: int, seed: int = 0) -> tuple[Features, Features]:
+        """(train, held out) at random positions; ``n_held_out`` positions go to the second."""
+        if not 0 <= n_held_out < len(self):
+            raise ValueError(f"n_held_out={n_held_out} is not allowed; there are {len(self)} positions")
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        rest, held = order[n_held_out:], order[:n_held_out]
+        return Features(self.hidden[rest], self.targets[rest]), Features(self.hidden[held], self.targets[held])
+
+
+@torch.no_grad()
+def collect_features(
+    model: TJDModel, rows: Sequence[dict], horizon: int, pad_token_id: int, batch_size: int = 8
+) -> Features:
+    """Run the backbone once over encoded rows (``encode_example`` output) and keep the answer positions.
+
+    ``horizon`` is the longest horizon the features will train; a head with a shorter one uses the first
+    columns of ``targets``.
+    """
+    hidden, targets = [], []
+    for start in range(0, len(rows), batch_size):
+        batch = collate(rows[start : start + batch_size], pad_token_id, padding_side="right")
+        h = model.hidden_states(batch["input_ids"], batch["attention_mask"])  # (B, T, D)
+        y = block_targets(batch["labels"], horizon)  # (B, T, H)
+        keep = (y != IGNORE_INDEX).any(-1) & (batch["attention_mask"] == 1)  # as TJDModel.forward keeps them
+        hidden.append(h[keep].float())
+        targets.append(y[keep])
+    return Features(torch.cat(hidden), torch.cat(targets))
+
+
+def head_nll(model: TJDModel, features: Features) -> torch.Tensor:
+    """Mean negative log-likelihood per target token of ``model.head`` on the features (with grad)."""
+    y = features.targets[:, : model.horizon]
+    h = features.hidden.to(model.head.unembedding.weight.dtype)
+    n_tokens = int((y != IGNORE_INDEX).sum())
+    return -model.head.log_prob(h, y).sum() / max(n_tokens, 1)
+
+
+@torch.no_grad()
+def evaluate_head(model: TJDModel, features: Features, batch_positions: int = 256) -> float:
+    """Held-out NLL per target token (averaged over positions in chunks)."""
+    total, count = 0.0, 0
+    for start in range(0, len(features), batch_positions):
+        window = slice(start, start + batch_positions)
+        chunk = Features(features.hidden[window], features.targets[window])
+        n = int((chunk.targets[:, : model.horizon] != IGNORE_INDEX).sum())
+        total += head_nll(model, chunk).item() * n
+        count += n
+    return total / max(count, 1)
+
+
+def fit_head(
+    model: TJDModel,
+    features: Features,
+    steps: int,
+    batch_positions: int,
+    lr: float,
+    warmup_steps: int = 3,
+    seed: int = 0,
+    log_every: int = 5,
+) -> list[float]:
+    """Train ``model.head`` (only) on the features with AdamW and the ``fit`` schedule; returns step losses.
+
+    The positions of each step come from ``seed`` alone (an epoch-wise shuffle), so heads trained with the
+    same seed, steps and batch size see exactly the same data in the same order.
+    """
+    if steps < 1 or batch_positions < 1:
+        raise ValueError(f"steps={steps} and batch_positions={batch_positions} must both be >= 1")
+    params = [p for p in model.head.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup_steps, steps))
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(features), generator=generator)
+    cursor, losses, start = 0, [], time.perf_counter()
+    model.head.train()
+    for step in range(steps):
+        if cursor + batch_positions > len(order):
+            order, cursor = torch.randperm(len(features), generator=generator), 0
+        index = order[cursor : cursor + batch_positions]
+        cursor += batch_positions
+        loss = head_nll(model, Features(features.hidden[index], features.targets[index]))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        if log_every and (step + 1) % log_every == 0:
+            elapsed = time.perf_counter() - start
+            logger.info("step %d/%d  loss %.4f  (%.1f s/step)", step + 1, steps, losses[-1], elapsed / (step + 1))
+    model.head.eval()
+    return losses
