@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from tjdnet.heads.block import BlockDistribution
 from tjdnet.tensorops.logspace import IGNORE_INDEX, chain_log_prob
+from tjdnet.tensorops.vocab_log_prob import target_log_probs
 
 DEFAULT_LOSS_CHUNK_ELEMENTS = 2**24
 
@@ -150,8 +151,10 @@ class JointHead(nn.Module):
     def token_log_probs(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Log emission probability of each target under each component, memory-bounded.
 
-        Vocabulary logits are produced chunk by chunk under activation checkpointing, so at most
-        ``loss_chunk_elements`` of them are alive at once, in the forward and the backward pass.
+        Vocabulary logits are produced chunk by chunk, so at most ``loss_chunk_elements`` of them are alive
+        at once, in the forward and the backward pass. With a frozen ``nn.Linear`` output embedding (every
+        train mode but ``full``) the gradient is taken in the forward pass (:func:`target_log_probs`);
+        otherwise each chunk runs under activation checkpointing.
 
         Args:
             h: (N, D) hidden states; y: (N, H) targets, -100 where ignored.
@@ -163,19 +166,43 @@ class JointHead(nn.Module):
         budget = self.config.loss_chunk_elements
         comps_per_chunk = n_comp if budget >= vocab * n_comp else max(1, budget // vocab)
         rows_per_chunk = max(1, budget // (vocab * comps_per_chunk))
-        use_checkpoint = torch.is_grad_enabled() and (h.requires_grad or self.adapters is not None)
+        needs_grad = torch.is_grad_enabled() and (h.requires_grad or self.adapters is not None)
+        if needs_grad and self._frozen_linear_unembedding():
+            return self._fused_token_log_probs(h, targets, max(1, budget // vocab))
         columns = []
         for c0 in range(0, n_comp, comps_per_chunk):
             c1 = min(c0 + comps_per_chunk, n_comp)
             rows = []
             for r0 in range(0, n, rows_per_chunk):
                 args = (h[r0 : r0 + rows_per_chunk], targets[r0 : r0 + rows_per_chunk, c0:c1], c0, c1)
-                if use_checkpoint:
+                if needs_grad:
                     rows.append(checkpoint(self._chunk_token_log_probs, *args, use_reentrant=False))
                 else:
                     rows.append(self._chunk_token_log_probs(*args))
             columns.append(torch.cat(rows, dim=0))
         return torch.cat(columns, dim=1).unflatten(1, (self.rank, self.horizon))
+
+    def _frozen_linear_unembedding(self) -> bool:
+        weight = getattr(self.unembedding, "weight", None)
+        bias = getattr(self.unembedding, "bias", None)
+        return (
+            isinstance(self.unembedding, nn.Linear)
+            and not weight.requires_grad
+            and (bias is None or not bias.requires_grad)
+        )
+
+    def _fused_token_log_probs(self, h: torch.Tensor, targets: torch.Tensor, chunk_rows: int) -> torch.Tensor:
+        """(N, R, H) as :meth:`token_log_probs`, through :func:`target_log_probs` (no recomputation)."""
+        z = self.component_states(h)  # (N, R*H, D)
+        lp = target_log_probs(
+            z.reshape(-1, z.shape[-1]),
+            targets.clamp_min(0).reshape(-1),
+            self.unembedding.weight,
+            self.unembedding.bias,
+            chunk_rows,
+        )
+        lp = lp.view(targets.shape) * (targets != IGNORE_INDEX)
+        return lp.unflatten(1, (self.rank, self.horizon))
 
     def _chunk_token_log_probs(self, h: torch.Tensor, targets: torch.Tensor, c0: int, c1: int) -> torch.Tensor:
         logits = self.component_logits(h, slice(c0, c1))  # (n, c, V)
