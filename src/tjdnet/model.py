@@ -96,6 +96,11 @@ def block_targets(labels: torch.Tensor, horizon: int) -> torch.Tensor:
     return padded.unfold(1, horizon, 1)[:, 1 : length + 1]
 
 
+def answer_positions(targets: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool: real-token positions with a label among their next H tokens (``targets`` (B, T, H))."""
+    return (targets != IGNORE_INDEX).any(-1) & (attention_mask == 1)
+
+
 def lora_target_modules(module: nn.Module, last_layers: int | None = None) -> list[str]:
     """Names of the linear projections (nn.Linear and GPT-2's Conv1D) of a backbone that LoRA adapts.
 
@@ -256,7 +261,7 @@ class TJDModel(nn.Module):
         with torch.no_grad() if backbone_frozen else contextlib.nullcontext():
             hidden = self.hidden_states(input_ids, attention_mask)  # (B, T, D)
         targets = block_targets(labels, horizon)  # (B, T, H)
-        keep = (targets != IGNORE_INDEX).any(-1) & (attention_mask == 1)
+        keep = answer_positions(targets, attention_mask)
         if self.config.use_memory_efficient_loss and horizon > 1:
             phase = int(torch.randint(horizon, (1,)))
             positions = torch.arange(input_ids.shape[1], device=input_ids.device)

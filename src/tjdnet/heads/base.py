@@ -183,13 +183,8 @@ class JointHead(nn.Module):
         return torch.cat(columns, dim=1).unflatten(1, (self.rank, self.horizon))
 
     def _frozen_linear_unembedding(self) -> bool:
-        weight = getattr(self.unembedding, "weight", None)
-        bias = getattr(self.unembedding, "bias", None)
-        return (
-            isinstance(self.unembedding, nn.Linear)
-            and not weight.requires_grad
-            and (bias is None or not bias.requires_grad)
-        )
+        layer = self.unembedding
+        return isinstance(layer, nn.Linear) and not any(p.requires_grad for p in layer.parameters())
 
     def _fused_token_log_probs(self, h: torch.Tensor, targets: torch.Tensor, chunk_rows: int) -> torch.Tensor:
         """(N, R, H) as :meth:`token_log_probs`, through :func:`target_log_probs` (no recomputation)."""

@@ -12,11 +12,12 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from tjdnet.data import collate
-from tjdnet.model import TJDModel, block_targets
+from tjdnet.model import TJDModel, answer_positions, block_targets
 from tjdnet.tensorops.logspace import IGNORE_INDEX
 from tjdnet.training.module import lr_factor
 
@@ -61,7 +62,7 @@ def collect_features(
         batch = collate(rows[start : start + batch_size], pad_token_id, padding_side="right")
         h = model.hidden_states(batch["input_ids"], batch["attention_mask"])  # (B, T, D)
         y = block_targets(batch["labels"], horizon)  # (B, T, H)
-        keep = (y != IGNORE_INDEX).any(-1) & (batch["attention_mask"] == 1)  # as TJDModel.forward keeps them
+        keep = answer_positions(y, batch["attention_mask"])
         hidden.append(h[keep].float())
         targets.append(y[keep])
     return Features(torch.cat(hidden), torch.cat(targets))
@@ -107,7 +108,7 @@ def fit_head(
         raise ValueError(f"steps={steps} and batch_positions={batch_positions} must both be >= 1")
     params = [p for p in model.head.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup_steps, steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, warmup=warmup_steps, total=steps))
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(features), generator=generator)
     cursor, losses, start = 0, [], time.perf_counter()
