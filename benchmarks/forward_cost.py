@@ -2,6 +2,9 @@
 forward pass over k = 1..9 new tokens relative to k = 1 (the bound on any speedup on this machine).
 
     python benchmarks/forward_cost.py [--model smollm2-135m] [--dtype float32] [--threads 2] [--repeats 5]
+        [--linear_kernel {onednn,default}]
+
+``--linear_kernel default`` undoes tjdnet's oneDNN linear layers (tjdnet.kernels) to show what they change.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 from transformers import DynamicCache
 
 from tjdnet.data import Example, encode_prompt
+from tjdnet.kernels import use_onednn_linears
 from tjdnet.machine import machine_info
 from tjdnet.model import TJDModel
 
@@ -62,15 +66,18 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=200)
     parser.add_argument("--new_tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--linear_kernel", choices=("onednn", "default"), default="onednn")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, tokenizer = TJDModel.from_base(args.model, dtype=args.dtype, head="stp", horizon=1, rank=1)
     model.eval()
+    if args.linear_kernel == "default":
+        use_onednn_linears(model, enabled=False)
     decode_speed(model, tokenizer, 8, 1)  # warm-up
     speed = decode_speed(model, tokenizer, args.new_tokens, args.repeats)
     cost = forward_cost(model, args.context, range(1, 10), args.repeats)
     relative = {k: v / cost[1] for k, v in cost.items()}
-    print(f"greedy, batch 1, {args.new_tokens} new tokens, {args.dtype}, {args.threads} threads")
+    print(f"greedy, batch 1, {args.new_tokens} new tokens, {args.dtype}, {args.threads} threads, {args.linear_kernel}")
     print(f"  ours ar: {speed['ar']:.1f} tok/s   transformers generate: {speed['hf_generate']:.1f} tok/s")
     print(f"cached forward over k new tokens ({args.context}-token context), relative to k = 1:")
     print("  " + "  ".join(f"k={k}: {relative[k]:.2f}" for k in cost) + f"   (k=1: {cost[1] * 1000:.1f} ms)")

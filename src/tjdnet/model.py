@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tjdnet.heads import HeadConfig, JointHead, make_head, validate_head_config
+from tjdnet.kernels import use_onednn_linears
 from tjdnet.tensorops.logspace import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
@@ -155,6 +156,7 @@ class TJDModel(nn.Module):
         self.head: JointHead = make_head(self.head_config, unembedding).to(unembedding.weight.dtype)
         self.next_token = make_head(HeadConfig("stp", hidden_size, vocab_size), unembedding)
         self._configure_training(config)
+        use_onednn_linears(self)
 
     # ----- construction -------------------------------------------------------------------------------
 
