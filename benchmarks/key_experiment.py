@@ -44,8 +44,10 @@ def parse_configs(value: str) -> list[tuple[str, int, int]]:
     """``head:rank:horizon,...`` -> [(head, rank, horizon)]."""
     configs = []
     for item in value.split(","):
-        head, rank, horizon = item.split(":")
-        configs.append((head, int(rank), int(horizon)))
+        parts = item.split(":")
+        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+            raise SystemExit(f"--configs item {item!r} is not head:rank:horizon (e.g. cp:8:4)")
+        configs.append((parts[0], int(parts[1]), int(parts[2])))
     return configs
 
 
@@ -67,6 +69,9 @@ def main() -> None:
     parser.add_argument("--num_prompts", type=int, default=8, help="per benchmark dataset")
     parser.add_argument("--max_new_tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--dtype", default="float32", choices=("float32", "bfloat16"), help="of decoding (training is float32)"
+    )
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--num_threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -138,6 +143,9 @@ def main() -> None:
     }
     write_json(out_dir / "training.json", description)
 
+    lm.to(getattr(torch, args.dtype))
+    for model in models.values():
+        model.head.to(getattr(torch, args.dtype))
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     decode = partial(dict, max_new_tokens=args.max_new_tokens, eos_token_id=eos, pad_token_id=pad)
     for dataset, path in (("gsm8k", args.gsm8k), ("mt_bench", args.mt_bench)):
@@ -156,7 +164,7 @@ def main() -> None:
                 "split": "test",
                 "num_prompts": len(examples),
                 "args": {**vars(args), "batch_size": 1, "gen_modes": ["ar", "speculative"]},
-                "dtype": "float32",
+                "dtype": args.dtype,
                 "machine": machine_info(),
                 "training": info,
                 "results": {"ar": results["ar"], "speculative": results[name]},
@@ -164,7 +172,7 @@ def main() -> None:
             }
             write_json(out_dir / f"{dataset}_{name}.json", payload)
         table = {"results": results}
-        print(f"\n== {dataset}: {len(examples)} prompts, {args.max_new_tokens} new tokens, batch 1 ==")
+        print(f"\n== {dataset}: {len(examples)} prompts, {args.max_new_tokens} new tokens, batch 1, {args.dtype} ==")
         print(format_bench_table(table))
     print(json.dumps({n: round(t["held_out_nll_after"], 3) for n, t in training.items()}, indent=1))
 
