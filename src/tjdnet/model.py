@@ -3,6 +3,8 @@
 The backbone is reached generically (``get_decoder()`` for the hidden states,
 ``get_output_embeddings()`` for the vocabulary projection), so GPT-2, Llama/SmolLM2, Qwen, ... all work
 without a per-model table. The output embedding is shared by the head's components and always frozen.
+Its ``nn.Linear`` layers (the backbone's included) become :class:`~tjdnet.kernels.OneDNNLinear` in place: the
+same module for every purpose, with faster gradient-free CPU products.
 """
 
 from __future__ import annotations

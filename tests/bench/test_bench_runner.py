@@ -91,6 +91,20 @@ def test_base_model_without_checkpoint(tiny_model_dir, tmp_path):
         run_bench(model=tiny_model_dir, gen_modes="ar,speculative", out=tmp_path / "x.json")
 
 
+def test_save_pretrained_directory_benches_like_a_checkpoint(tiny_model_dir, tmp_path):
+    from tjdnet.model import TJDModel
+
+    model, _ = TJDModel.from_base(tiny_model_dir, head="mps", horizon=3, rank=2, hidden_dim=8)
+    model.save_pretrained(tmp_path / "head")
+    payload = run_bench(
+        ckpt_path=str(tmp_path / "head"), gen_modes="ar,speculative", num_prompts=2, max_new_tokens=6, repeats=1,
+        warmup=0, out=tmp_path / "h.json",
+    )  # fmt: skip
+    assert payload["model"]["model_head"] == "mps" and payload["model"]["rank"] == 2
+    assert payload["results"]["speculative"]["identical_to_ar"] == 1.0
+    assert payload["results"]["speculative"]["tau"] >= 1.0
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

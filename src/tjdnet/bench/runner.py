@@ -290,7 +290,19 @@ def summarise(runs: list[dict[str, ModeResult]], num_prompts: int) -> dict[str, 
 
 
 def load_bench_model(ckpt_path: str | None, model_name: str | None, dtype: str | None):
-    """(TJDModel in eval mode with LoRA merged, tokenizer, description) from a checkpoint or a base model."""
+    """(TJDModel in eval mode with LoRA merged, tokenizer, description) from a checkpoint or a base model.
+
+    ``ckpt_path`` is a ``tjdnet fit`` checkpoint file or a directory written by ``TJDModel.save_pretrained``.
+    """
+    from tjdnet.model import CONFIG_FILE, TJDModel
+
+    if ckpt_path is not None and Path(ckpt_path, CONFIG_FILE).is_file():
+        model, tokenizer = TJDModel.from_pretrained(ckpt_path, dtype=dtype or "float32")
+        model.merge_adapters()
+        config = model.config
+        hparams = {"model": config.base_model, "model_head": config.head, "horizon": config.horizon}
+        hparams |= {"rank": config.rank, "hidden_dim": config.hidden_dim, "train_mode": config.train_mode}
+        return model.eval(), tokenizer, {"checkpoint": str(ckpt_path), "model": hparams}
     if ckpt_path is not None:
         from tjdnet.training.restore import load_trained
 
@@ -298,8 +310,6 @@ def load_bench_model(ckpt_path: str | None, model_name: str | None, dtype: str |
         model = module.model
         model.merge_adapters()
         return model.eval(), module.tokenizer, {"checkpoint": str(ckpt_path), "model": dict(module.hparams)}
-    from tjdnet.model import TJDModel
-
     model, tokenizer = TJDModel.from_base(model_name, dtype=dtype or "float32", head="stp", horizon=1, rank=1)
     description = {"checkpoint": None, "model": {"model": model_name, "model_head": "stp", "horizon": 1, "rank": 1}}
     return model.eval(), tokenizer, description
@@ -385,7 +395,12 @@ def format_bench_table(payload: dict) -> str:
 
 def run_bench_cli(args: list[str]) -> dict:
     parser = ArgumentParser(prog="tjdnet bench", description="Decoding speed of a checkpoint vs KV-cached baselines.")
-    parser.add_argument("--ckpt_path", type=str | None, default=None, help="best.ckpt or last.ckpt of a run")
+    parser.add_argument(
+        "--ckpt_path",
+        type=str | None,
+        default=None,
+        help="best.ckpt / last.ckpt of a run, or a save_pretrained directory",
+    )
     parser.add_argument("--model", type=str | None, default=None, help="a base model instead (ar and hf_* only)")
     parser.add_argument("--gen_modes", type=str, default="ar,hf_generate,speculative", help=",".join(BENCH_MODES))
     parser.add_argument("--num_prompts", type=int, default=20)
