@@ -29,18 +29,26 @@ def _head_key(payload: dict) -> tuple[str, int, int]:
     return str(model.get("model_head", "?")), int(model.get("rank") or 1), int(horizon)
 
 
+def _run_tag(payload: dict, payloads: list[dict]) -> str:
+    """ " bs=4 bfloat16"-style suffix naming the batch size and dtype, where the plotted runs differ in them."""
+    tag = ""
+    batch_sizes = {p.get("args", {}).get("batch_size", 1) for p in payloads}
+    if len(batch_sizes) > 1:
+        tag += f" bs={payload.get('args', {}).get('batch_size', 1)}"
+    if len({p.get("dtype") for p in payloads}) > 1:
+        tag += f" {payload.get('dtype')}"
+    return tag
+
+
 def plot_speedup_tau(payloads: list[dict], path: str | Path, mode: str = MEASURED_MODE) -> Path:
     """Speedup over ``ar`` and tau of ``mode`` versus horizon, one line per (head, rank[, batch size])."""
     lines: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
-    batch_sizes = {p.get("args", {}).get("batch_size", 1) for p in payloads}
     for payload in payloads:
         result = payload["results"].get(mode)
         if result is None:
             continue
         head, rank, horizon = _head_key(payload)
-        label = f"{head} R={rank}"
-        if len(batch_sizes) > 1:
-            label += f" bs={payload['args']['batch_size']}"
+        label = f"{head} R={rank}{_run_tag(payload, payloads)}"
         lines[label].append((horizon, result.get("speedup_vs_ar") or float("nan"), result["tau"]))
     fig, (ax_speed, ax_tau) = plt.subplots(1, 2, figsize=(10, 4))
     for label, points in sorted(lines.items()):
@@ -62,17 +70,20 @@ def plot_accuracy_vs_speed(payloads: list[dict], path: str | Path) -> Path:
     """Accuracy versus decode tokens/s for every mode of every result (the draft-vs-lossless Pareto view)."""
     fig, ax = plt.subplots(figsize=(6, 4.5))
     markers = {"ar": "s", "speculative": "o", "draft": "^", "hf_generate": "D", "prompt_lookup": "v"}
+    colors = {mode: f"C{i}" for i, mode in enumerate(markers)}
     seen = set()
     for payload in payloads:
         head, rank, horizon = _head_key(payload)
+        tag = _run_tag(payload, payloads)
         for mode, result in payload["results"].items():
             speed, accuracy = result.get("decode_tokens_per_s"), result.get("accuracy")
             if speed is None or accuracy is None:
                 continue
-            ax.scatter(speed, accuracy, marker=markers.get(mode, "x"), label=None if mode in seen else mode)
+            style = {"marker": markers.get(mode, "x"), "color": colors.get(mode, "C9")}
+            ax.scatter(speed, accuracy, label=None if mode in seen else mode, **style)
             seen.add(mode)
             if mode in ("draft", "speculative"):
-                ax.annotate(f"{head} R{rank} H{horizon}", (speed, accuracy), fontsize=7, alpha=0.7)
+                ax.annotate(f"{head} R{rank} H{horizon}{tag}", (speed, accuracy), fontsize=7, alpha=0.7)
     ax.set(xlabel="decode tokens/s", ylabel="accuracy", title="accuracy vs speed")
     ax.grid(alpha=0.3)
     if seen:
