@@ -9,6 +9,8 @@ oneDNN was never slower, up to M = 1024. bfloat16 already goes through oneDNN, s
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -27,6 +29,18 @@ class OneDNNLinear(nn.Linear):
         if _onednn_applies(self, x):
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
         return super().forward(x)
+
+
+LINEAR_KERNEL_ENV = "TJDNET_LINEAR_KERNEL"
+LINEAR_KERNELS = ("onednn", "default")
+
+
+def onednn_requested() -> bool:
+    """Whether ``$TJDNET_LINEAR_KERNEL`` (``onednn``, the default; ``default``: plain ``nn.Linear``) asks for it."""
+    value = os.environ.get(LINEAR_KERNEL_ENV, "onednn")
+    if value not in LINEAR_KERNELS:
+        raise ValueError(f"{LINEAR_KERNEL_ENV}={value!r} is not allowed; use one of {', '.join(LINEAR_KERNELS)}")
+    return value == "onednn"
 
 
 def use_onednn_linears(module: nn.Module, enabled: bool = True) -> int:

@@ -4,7 +4,8 @@ The backbone is reached generically (``get_decoder()`` for the hidden states,
 ``get_output_embeddings()`` for the vocabulary projection), so GPT-2, Llama/SmolLM2, Qwen, ... all work
 without a per-model table. The output embedding is shared by the head's components and always frozen.
 Its ``nn.Linear`` layers (the backbone's included) become :class:`~tjdnet.kernels.OneDNNLinear` in place: the
-same module for every purpose, with faster gradient-free CPU products.
+same module for every purpose, with faster gradient-free CPU products (``TJDNET_LINEAR_KERNEL=default`` keeps plain
+``nn.Linear``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tjdnet.heads import HeadConfig, JointHead, make_head, validate_head_config
-from tjdnet.kernels import use_onednn_linears
+from tjdnet.kernels import onednn_requested, use_onednn_linears
 from tjdnet.tensorops.logspace import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
@@ -158,7 +159,8 @@ class TJDModel(nn.Module):
         self.head: JointHead = make_head(self.head_config, unembedding).to(unembedding.weight.dtype)
         self.next_token = make_head(HeadConfig("stp", hidden_size, vocab_size), unembedding)
         self._configure_training(config)
-        use_onednn_linears(self)
+        if onednn_requested():
+            use_onednn_linears(self)
 
     # ----- construction -------------------------------------------------------------------------------
 
