@@ -40,6 +40,14 @@ def test_frozen_layer_with_grad_input_keeps_autograd():
     assert x.grad is not None
 
 
+def test_trainable_bias_alone_keeps_autograd():
+    layer = nn.Linear(8, 4)
+    layer.weight.requires_grad_(False)
+    use_onednn_linears(layer)
+    layer(torch.randn(3, 8)).sum().backward()
+    assert layer.bias.grad is not None
+
+
 def test_switch_back_and_state_dict_unchanged():
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     keys = set(model.state_dict())

@@ -19,7 +19,10 @@ def _onednn_applies(layer: nn.Linear, x: torch.Tensor) -> bool:
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or x.dtype != layer.weight.dtype:
         return False
     # The oneDNN op has no autograd formula: whatever needs a gradient keeps nn.Linear's path.
-    return not (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad))
+    if not torch.is_grad_enabled():
+        return True
+    bias_grad = layer.bias is not None and layer.bias.requires_grad
+    return not (x.requires_grad or layer.weight.requires_grad or bias_grad)
 
 
 class OneDNNLinear(nn.Linear):

@@ -8,13 +8,18 @@ from pathlib import Path
 import torch
 
 
-def cpu_model() -> str:
+def _cpuinfo_field(name: str) -> str | None:
+    """The value of the first ``name : value`` line of /proc/cpuinfo (None where there is none)."""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(name):
                 return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 # The instruction sets that decide which CPU kernels run: AVX-512 and native bfloat16 (avx512_bf16, AMX) change
@@ -24,14 +29,8 @@ KERNEL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
 def cpu_flags() -> list[str]:
     """Which of :data:`KERNEL_FLAGS` the CPU has (empty where /proc/cpuinfo is unavailable)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.is_file():
-        return []
-    for line in cpuinfo.read_text().splitlines():
-        if line.startswith("flags"):
-            present = set(line.split(":", 1)[1].split())
-            return [flag for flag in KERNEL_FLAGS if flag in present]
-    return []
+    present = set((_cpuinfo_field("flags") or "").split())
+    return [flag for flag in KERNEL_FLAGS if flag in present]
 
 
 def machine_info() -> dict:

@@ -30,7 +30,7 @@ def _head_key(payload: dict) -> tuple[str, int, int]:
 
 
 def _run_tag(payload: dict, payloads: list[dict]) -> str:
-    """ " bs=4 bfloat16"-style suffix naming the batch size and dtype, where the plotted runs differ in them."""
+    """A suffix such as " bs=4 bfloat16": batch size and dtype, where the plotted runs differ in them."""
     tag = ""
     batch_sizes = {p.get("args", {}).get("batch_size", 1) for p in payloads}
     if len(batch_sizes) > 1:
