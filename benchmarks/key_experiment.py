@@ -40,14 +40,15 @@ logger = logging.getLogger("key_experiment")
 DEFAULT_CONFIGS = "multihead:1:2,multihead:1:4,cp:2:2,cp:2:4,cp:8:2,cp:8:4,mps:2:2,mps:2:4,mps:8:2,mps:8:4"
 
 
-def parse_configs(value: str) -> list[tuple[str, int, int]]:
-    """``head:rank:horizon,...`` -> [(head, rank, horizon)]."""
+def parse_configs(value: str) -> list[tuple[str, int, int, bool]]:
+    """``head:rank:horizon[:tc],...`` -> [(head, rank, horizon, token_conditioned)]."""
     configs = []
     for item in value.split(","):
         parts = item.split(":")
-        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
-            raise SystemExit(f"--configs item {item!r} is not head:rank:horizon (e.g. cp:8:4)")
-        configs.append((parts[0], int(parts[1]), int(parts[2])))
+        well_formed = len(parts) in (3, 4) and parts[1].isdigit() and parts[2].isdigit() and parts[3:] in ([], ["tc"])
+        if not well_formed:
+            raise SystemExit(f"--configs item {item!r} is not head:rank:horizon[:tc] (e.g. cp:8:4 or cp:8:4:tc)")
+        configs.append((parts[0], int(parts[1]), int(parts[2]), parts[3:] == ["tc"]))
     return configs
 
 
@@ -94,7 +95,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     rows = [encode_example(tokenizer, e, args.seq_len) for e in distilled]
-    max_horizon = max(h for _, _, h in configs)
+    max_horizon = max(c[2] for c in configs)
     features = collect_features(base, rows, max_horizon, tokenizer.pad_token_id)
     train, held_out = features.split(args.held_out, args.seed)
     features_s = time.perf_counter() - t0
@@ -102,10 +103,16 @@ def main() -> None:
 
     models: dict[str, TJDModel] = {}
     training: dict[str, dict] = {}
-    for head, rank, horizon in configs:
-        name = f"{head}_r{rank}_h{horizon}"
+    for head, rank, horizon, token_conditioned in configs:
+        name = f"{head}_r{rank}_h{horizon}" + ("_tc" if token_conditioned else "")
         config = TJDConfig(
-            base_model=args.model, head=head, horizon=horizon, rank=rank, hidden_dim=args.hidden_dim, train_mode="head"
+            base_model=args.model,
+            head=head,
+            horizon=horizon,
+            rank=rank,
+            hidden_dim=args.hidden_dim,
+            train_mode="head",
+            token_conditioned=token_conditioned,
         )
         torch.manual_seed(args.seed)
         model = TJDModel(lm, config)
@@ -120,6 +127,7 @@ def main() -> None:
             "head": head,
             "rank": rank,
             "horizon": horizon,
+            "token_conditioned": token_conditioned,
             "parameters": model.head.num_parameters(),
             "held_out_nll_before": nll_before,
             "held_out_nll_after": nll_after,
@@ -159,7 +167,11 @@ def main() -> None:
         for name, info in training.items():
             payload = {
                 "checkpoint": str(out_dir / "heads" / name),
-                "model": {"model": args.model, "model_head": info["head"], **{k: info[k] for k in ("rank", "horizon")}},
+                "model": {
+                    "model": args.model,
+                    "model_head": info["head"],
+                    **{k: info[k] for k in ("rank", "horizon", "token_conditioned")},
+                },
                 "dataset": dataset,
                 "split": "test",
                 "num_prompts": len(examples),

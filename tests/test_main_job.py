@@ -1,4 +1,4 @@
-"""The README's main job (`make main`) on the embedded SmolLM2-135M, tested on 4 prompts (slow: ~11 min)."""
+"""The README's main job (`make main`) on the embedded SmolLM2-135M, tested on 4 prompts (slow: ~4-8 min)."""
 
 import json
 import os

@@ -85,12 +85,22 @@ def test_memory_efficient_loss_runs_and_is_finite():
     assert torch.isfinite(out.loss)
 
 
-@pytest.mark.parametrize("train_mode", ["head", "lora", "full"])
-def test_save_load_round_trip(tiny_lm_dir, tmp_path, train_mode):
+@pytest.mark.parametrize(
+    "train_mode,token_conditioned", [("head", False), ("head", True), ("lora", False), ("full", False)]
+)
+def test_save_load_round_trip(tiny_lm_dir, tmp_path, train_mode, token_conditioned):
     from tjdnet.loading import load_causal_lm
 
     lm, _ = load_causal_lm(tiny_lm_dir)
-    config = TJDConfig(base_model=tiny_lm_dir, head="mps", horizon=2, rank=3, hidden_dim=8, train_mode=train_mode)
+    config = TJDConfig(
+        base_model=tiny_lm_dir,
+        head="mps",
+        horizon=2,
+        rank=3,
+        hidden_dim=8,
+        train_mode=train_mode,
+        token_conditioned=token_conditioned,
+    )
     model = TJDModel(lm, config)
     with torch.no_grad():
         for p in model.parameters():
@@ -160,6 +170,7 @@ def test_parameter_report():
         ({"rank": 0}, "rank=0"),
         ({"train_mode": "adapters"}, "unknown train_mode 'adapters'"),
         ({"loss_mode": "both"}, "unknown loss_mode 'both'"),
+        ({"horizon": 1, "token_conditioned": True}, "token_conditioned is not allowed for cp with horizon=1"),
     ],
 )
 def test_bad_config(kwargs, match):

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tjdnet.heads import HeadConfig, JointHead, make_head, validate_head_config
+from tjdnet.heads import HeadConfig, JointHead, check_token_conditioning, make_head, validate_head_config
 from tjdnet.kernels import onednn_requested, use_onednn_linears
 from tjdnet.tensorops.logspace import IGNORE_INDEX
 
@@ -49,6 +49,8 @@ class TJDConfig:
         lora_layers: adapt only the last N transformer blocks (None: all).
         loss_mode: ``draft`` (head NLL) or ``joint`` (head NLL + lambda x next-token cross-entropy).
         use_memory_efficient_loss: score the head at every H-th position only (random phase).
+        token_conditioned: the head's positions 2..H also read the block's first token (see
+            :mod:`tjdnet.heads.base`); speculative decoding feeds it the verifier's token.
     """
 
     base_model: str
@@ -65,6 +67,7 @@ class TJDConfig:
     joint_loss_lambda: float = 1.0
     use_memory_efficient_loss: bool = False
     lora_target_modules: list[str] = field(default_factory=list)
+    token_conditioned: bool = False
 
     def validate(self) -> None:
         if self.train_mode not in TRAIN_MODES:
@@ -75,6 +78,7 @@ class TJDConfig:
             raise ValueError(f"lora_rank={self.lora_rank} is not allowed; use an integer >= 1")
         if self.joint_loss_lambda < 0:
             raise ValueError(f"joint_loss_lambda={self.joint_loss_lambda} is not allowed; use a value >= 0")
+        check_token_conditioning(self.head, self.horizon, self.token_conditioned)
 
 
 @dataclass
@@ -98,6 +102,11 @@ def block_targets(labels: torch.Tensor, horizon: int) -> torch.Tensor:
     batch, length = labels.shape
     padded = torch.cat([labels, labels.new_full((batch, horizon), IGNORE_INDEX)], dim=1)
     return padded.unfold(1, horizon, 1)[:, 1 : length + 1]
+
+
+def next_tokens(input_ids: torch.Tensor, fill: int = 0) -> torch.Tensor:
+    """(B, T) the input token after each position (``fill`` at the last): the first token of each block."""
+    return torch.cat([input_ids[:, 1:], input_ids.new_full((input_ids.shape[0], 1), fill)], dim=1)
 
 
 def answer_positions(targets: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -154,9 +163,11 @@ class TJDModel(nn.Module):
             horizon=config.horizon,
             rank=config.rank,
             hidden_dim=config.hidden_dim,
+            token_conditioned=config.token_conditioned,
         )
         validate_head_config(self.head_config)
-        self.head: JointHead = make_head(self.head_config, unembedding).to(unembedding.weight.dtype)
+        head = make_head(self.head_config, unembedding, lm.get_input_embeddings())
+        self.head: JointHead = head.to(unembedding.weight.dtype)
         self.next_token = make_head(HeadConfig("stp", hidden_size, vocab_size), unembedding)
         self._configure_training(config)
         if onednn_requested():
@@ -272,9 +283,9 @@ class TJDModel(nn.Module):
             phase = int(torch.randint(horizon, (1,)))
             positions = torch.arange(input_ids.shape[1], device=input_ids.device)
             keep &= (positions % horizon == phase)[None]
-        h, y = hidden[keep], targets[keep]  # (N, D), (N, H)
+        h, y, first = hidden[keep], targets[keep], next_tokens(input_ids)[keep]  # (N, D), (N, H), (N,)
         n_tokens = int((y != IGNORE_INDEX).sum())
-        head_nll = -self.head.log_prob(h, y).sum() / max(n_tokens, 1)
+        head_nll = -self.head.log_prob(h, y, first).sum() / max(n_tokens, 1)
         loss, lm_nll = head_nll, None
         if self.config.loss_mode == "joint":
             first = targets[..., :1]  # every position with a next-token label, not only the kept ones

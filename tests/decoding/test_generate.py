@@ -13,10 +13,15 @@ from tjdnet.sampling import SamplingConfig
 EOS = 1
 
 
-def build(kind="llama", head="cp", horizon=4, rank=2, perturb=1.0, seed=0, **kwargs) -> TJDModel:
+def build(
+    kind="llama", head="cp", horizon=4, rank=2, perturb=1.0, seed=0, token_conditioned=False, **kwargs
+) -> TJDModel:
     lm = make_tiny_lm(kind, **kwargs)
     rank = 1 if head in ("stp", "multihead") else rank
-    model = TJDModel(lm, TJDConfig(base_model="unused", head=head, horizon=horizon, rank=rank, hidden_dim=8))
+    config = TJDConfig(
+        base_model="unused", head=head, horizon=horizon, rank=rank, hidden_dim=8, token_conditioned=token_conditioned
+    )
+    model = TJDModel(lm, config)
     torch.manual_seed(seed)
     with torch.no_grad():  # a deliberately bad (random) head: low acceptance
         for p in model.head.parameters():
@@ -78,6 +83,27 @@ def test_greedy_speculative_equals_ar_equals_transformers(kind, head, horizon, b
         assert sum(spec.stats.accepted_length_histogram) > 0
 
 
+@pytest.mark.parametrize("head", ["multihead", "cp", "mps"])
+@pytest.mark.parametrize("batch", [1, 4])
+def test_token_conditioned_speculative_equals_ar(head, batch):
+    model = build("llama", head, 4, token_conditioned=True)
+    ids, mask = ragged_prompts(batch, seed=1)
+    ar = model.generate(ids, mask, gen_mode="ar", max_new_tokens=24, eos_token_id=EOS)
+    spec = model.generate(ids, mask, gen_mode="speculative", max_new_tokens=24, eos_token_id=EOS)
+    assert spec.new_tokens == ar.new_tokens
+
+
+def test_token_conditioned_draft_reads_its_own_first_token():
+    model = build("llama", "cp", 3, token_conditioned=True)
+    ids = torch.randint(3, TINY_VOCAB, (1, 6))
+    out = model.generate(ids, gen_mode="draft", max_new_tokens=3)
+    with torch.no_grad():
+        h = model.hidden_states(ids)[:, -1]
+        first, _ = model.head(h, horizon=1).draft(SamplingConfig())
+        rest, _ = model.head(h, first=first[:, 0]).draft(SamplingConfig(), prefix=first)
+    assert out.new_tokens[0] == first[0].tolist() + rest[0].tolist()
+
+
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
 def test_batched_rows_equal_rows_alone(kind):
     model = build(kind, "mps", 3)
@@ -89,9 +115,10 @@ def test_batched_rows_equal_rows_alone(kind):
         assert alone.new_tokens[0] == together.new_tokens[b]
 
 
-def test_high_acceptance_head_gives_tau_above_one_and_exact_output():
+@pytest.mark.parametrize("token_conditioned", [False, True])
+def test_high_acceptance_head_gives_tau_above_one_and_exact_output(token_conditioned):
     # Fit a cp head on the model's own greedy continuations for a few steps: acceptance rises.
-    model = build("llama", "cp", 3, rank=2, perturb=0.0)
+    model = build("llama", "cp", 3, rank=2, perturb=0.0, token_conditioned=token_conditioned)
     ids, mask = ragged_prompts(4, seed=5)
     target = model.generate(ids, mask, gen_mode="ar", max_new_tokens=24).sequences
     optimizer = torch.optim.Adam(model.head.parameters(), lr=3e-2)

@@ -47,11 +47,11 @@ def pooled_chisquare(counts: torch.Tensor, probs: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize(
-    "temperature,top_k,top_p",
-    [(1.0, None, None), (0.7, 10, None), (1.3, None, 0.8)],
+    "temperature,top_k,top_p,token_conditioned",
+    [(1.0, None, None, False), (0.7, 10, None, False), (1.3, None, 0.8, False), (1.0, None, None, True)],
 )
-def test_speculative_sampling_matches_plain_sampling(temperature, top_k, top_p):
-    model = build("llama", "cp", 3, rank=2, perturb=0.5, sharpen=3.0)
+def test_speculative_sampling_matches_plain_sampling(temperature, top_k, top_p, token_conditioned):
+    model = build("llama", "cp", 3, rank=2, perturb=0.5, sharpen=3.0, token_conditioned=token_conditioned)
     prompt = torch.tensor([[5, 17, 33, 8]])
     config = SamplingConfig(True, temperature, top_k, top_p)
     pair, third = exact_first_tokens(model, prompt, config)

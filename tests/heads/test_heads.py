@@ -13,11 +13,22 @@ from tjdnet.sampling import SamplingConfig
 D, V = 8, 5
 
 
-def build(name: str, horizon: int, rank: int, vocab: int = V, hidden: int = D, seed: int = 0):
+def build(
+    name: str, horizon: int, rank: int, vocab: int = V, hidden: int = D, seed: int = 0, token_conditioned: bool = False
+):
     torch.manual_seed(seed)
     unembedding = nn.Linear(hidden, vocab, bias=False)
-    config = HeadConfig(name=name, hidden_size=hidden, vocab_size=vocab, horizon=horizon, rank=rank, hidden_dim=4)
-    head = make_head(config, unembedding)
+    embedding = nn.Embedding(vocab, hidden)
+    config = HeadConfig(
+        name=name,
+        hidden_size=hidden,
+        vocab_size=vocab,
+        horizon=horizon,
+        rank=rank,
+        hidden_dim=4,
+        token_conditioned=token_conditioned,
+    )
+    head = make_head(config, unembedding, embedding)
     # Move away from the "every component equals the base distribution" initialisation.
     with torch.no_grad():
         for p in head.parameters():
@@ -183,9 +194,56 @@ def test_cp_rank_one_equals_multihead():
     torch.testing.assert_close(cp.log_prob(h, y), mh.log_prob(h, y))
 
 
+TOKEN_CONDITIONED = [("multihead", 3, 1), ("cp", 3, 2), ("mps", 3, 2)]
+
+
+def conditioned_joint(head, h: torch.Tensor) -> torch.Tensor:
+    """(B, V^H) block probabilities of a token-conditioned head, block by block from its chain of products."""
+    blocks = all_blocks(head.horizon)
+    return torch.stack([head(h, first=y[:1].expand(len(h))).log_prob(y.expand(len(h), -1)) for y in blocks], -1).exp()
+
+
+@pytest.mark.parametrize("name,horizon,rank", TOKEN_CONDITIONED)
+def test_token_conditioned_head_is_a_normalised_joint(name, horizon, rank):
+    head = build(name, horizon, rank, token_conditioned=True)
+    h = torch.randn(3, D)
+    joint = conditioned_joint(head, h)
+    torch.testing.assert_close(joint.sum(-1), torch.ones(3), atol=1e-5, rtol=0)
+    blocks = all_blocks(horizon)
+    for i in range(0, len(blocks), 7):
+        y = blocks[i].expand(3, -1)
+        torch.testing.assert_close(head.log_prob(h, y).exp(), joint[:, i], atol=1e-6, rtol=1e-4)
+    # The first token really is read: a different y_1 changes the distribution of the later positions.
+    a, b = head(h, first=torch.zeros(3, dtype=torch.long)), head(h, first=torch.ones(3, dtype=torch.long))
+    assert torch.equal(a.log_emit[:, :, 0], b.log_emit[:, :, 0])
+    assert not torch.allclose(a.log_emit[:, :, 1:], b.log_emit[:, :, 1:])
+    # Drafting after the given first token takes the conditionals of that joint.
+    first = torch.tensor([2, 0, 4])
+    tokens, _ = head(h, first=first).draft(SamplingConfig(), prefix=first[:, None])
+    rows = joint.view(3, V, -1)[torch.arange(3), first]  # (3, V^(H-1)) given y_1
+    expected = rows.view(3, V, -1).sum(-1).argmax(-1)
+    assert torch.equal(tokens[:, 0], expected)
+
+
+def test_token_conditioned_head_needs_the_first_token():
+    head = build("cp", 3, 2, token_conditioned=True)
+    h = torch.randn(2, D)
+    head(h, horizon=1)  # the first position alone does not depend on it
+    with pytest.raises(ValueError, match="pass the block's first token"):
+        head(h)
+    with pytest.raises(ValueError, match="needs first="):
+        head.log_prob(h, torch.tensor([[-100, 1, 2], [0, 1, 2]]))
+    y = torch.tensor([[-100, 1, 2], [0, 1, 2]])
+    assert torch.isfinite(head.log_prob(h, y, first=torch.tensor([3, 0]))).all()
+    with pytest.raises(ValueError, match="input embedding"):
+        make_head(head.config, nn.Linear(D, V))
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
+        ({"name": "stp", "token_conditioned": True}, "token_conditioned is not allowed for stp"),
+        ({"name": "cp", "horizon": 1, "token_conditioned": True}, "horizon >= 2"),
         ({"name": "tucker"}, "unknown head 'tucker'"),
         ({"name": "cp", "horizon": 0}, "horizon=0"),
         ({"name": "cp", "rank": 0}, "rank=0"),
@@ -196,7 +254,7 @@ def test_cp_rank_one_equals_multihead():
 def test_bad_config_errors(kwargs, match):
     config = HeadConfig(**{"hidden_size": D, "vocab_size": V, **kwargs})
     with pytest.raises(ValueError, match=match):
-        make_head(config, nn.Linear(D, V))
+        make_head(config, nn.Linear(D, V), nn.Embedding(V, D))
 
 
 def test_bad_inputs_errors():

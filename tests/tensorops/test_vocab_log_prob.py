@@ -29,13 +29,17 @@ def test_trainable_embedding_is_refused():
         target_log_probs(torch.randn(2, 3), torch.zeros(2, dtype=torch.long), torch.randn(4, 3, requires_grad=True))
 
 
+@pytest.mark.parametrize("token_conditioned", [False, True])
 @pytest.mark.parametrize("name", ["cp", "mps", "multihead"])
-def test_head_loss_same_with_frozen_embedding(name):
+def test_head_loss_same_with_frozen_embedding(name, token_conditioned):
     """Frozen embedding (fused path) and trainable one (checkpointed path): same loss, same gradients."""
     torch.manual_seed(0)
     unembedding = nn.Linear(8, 11, bias=False)
     rank = 1 if name == "multihead" else 2
-    head = make_head(HeadConfig(name=name, hidden_size=8, vocab_size=11, horizon=3, rank=rank), unembedding)
+    config = HeadConfig(
+        name=name, hidden_size=8, vocab_size=11, horizon=3, rank=rank, token_conditioned=token_conditioned
+    )
+    head = make_head(config, unembedding, nn.Embedding(11, 8))
     with torch.no_grad():
         for p in head.parameters():
             p.add_(0.3 * torch.randn_like(p))

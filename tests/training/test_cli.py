@@ -159,8 +159,15 @@ def test_ddp_fit_on_cpu_then_test(model_dir, tmp_path):
 
 def test_selfdistill_regenerates_answers_with_the_base_model_once(model_dir, experiments, capsys):
     args = ["fit", "--model.model", model_dir, *FIT, "--data.dataset", "selfdistill", "--data.source", "stemp",
-            "--data.distill_max_new_tokens", "6", "--run_name", "sd"]  # fmt: skip
+            "--data.distill_max_new_tokens", "6", "--model.train_mode", "head", "--model.token_conditioned", "true",
+            "--run_name", "sd"]  # fmt: skip
     assert run(args, capsys)[0] == 0
+    test = ["test", "--ckpt_path", str(experiments / "sd" / "best.ckpt"), "--data.max_num_samples", "2",
+            "--max_new_tokens", "6"]  # fmt: skip
+    assert run(test, capsys)[0] == 0
+    results = json.loads((experiments / "sd" / "test_results.json").read_text())
+    assert results["model"]["token_conditioned"] is True
+    assert results["results"]["speculative"]["identical_to_ar"] == 1.0
     cached = list((experiments / "selfdistill").glob("selfdistill-*.jsonl"))
     assert len(cached) == 1
     rows = [json.loads(line) for line in cached[0].read_text().splitlines()]

@@ -5,7 +5,7 @@ import torch
 from tiny_models import make_tiny_lm
 
 from tjdnet.model import TJDConfig, TJDModel
-from tjdnet.training.head_features import Features, collect_features, evaluate_head, fit_head
+from tjdnet.training.head_features import collect_features, evaluate_head, fit_head
 
 
 def _rows(n: int, length: int, vocab: int, seed: int = 0) -> list[dict]:
@@ -18,24 +18,30 @@ def _rows(n: int, length: int, vocab: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def _model(head: str = "cp", horizon: int = 3, rank: int = 2) -> TJDModel:
+def _model(head: str = "cp", horizon: int = 3, rank: int = 2, token_conditioned: bool = False) -> TJDModel:
     lm = make_tiny_lm("llama")
     torch.manual_seed(0)
-    return TJDModel(lm, TJDConfig(base_model="tiny", head=head, horizon=horizon, rank=rank, hidden_dim=8))
+    config = TJDConfig(
+        base_model="tiny", head=head, horizon=horizon, rank=rank, hidden_dim=8, token_conditioned=token_conditioned
+    )
+    return TJDModel(lm, config)
 
 
-def test_features_match_the_model_loss():
-    model = _model()
+@pytest.mark.parametrize("token_conditioned", [False, True])
+def test_features_match_the_model_loss(token_conditioned):
+    model = _model(token_conditioned=token_conditioned)
+    if token_conditioned:
+        torch.nn.init.normal_(model.head.condition.weight, std=0.5)
     rows = _rows(4, 12, model.vocab_size)
     features = collect_features(model, rows, horizon=3, pad_token_id=2, batch_size=3)
     assert features.hidden.shape == (sum(len(r["input_ids"]) - 2 for r in rows), 32)
     assert features.targets.shape[1] == 3
     ids = torch.tensor([r["input_ids"] for r in rows[:1]])
     labels = torch.tensor([r["labels"] for r in rows[:1]])
-    first = Features(features.hidden[: ids.shape[1] - 2], features.targets[: ids.shape[1] - 2])
+    first_row = features[: ids.shape[1] - 2]
     with torch.no_grad():
         expected = model(ids, labels=labels).head_nll
-    assert evaluate_head(model, first) == pytest.approx(float(expected), rel=1e-5)
+    assert evaluate_head(model, first_row) == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_fit_head_lowers_the_loss_and_is_deterministic():

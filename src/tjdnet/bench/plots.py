@@ -23,10 +23,14 @@ MEASURED_MODE = "speculative"
 
 
 def _head_key(payload: dict) -> tuple[str, int, int]:
-    """(head, rank, horizon) of a bench result; a ``--horizon`` override wins over the trained one."""
+    """(head, rank, horizon) of a bench result; a ``--horizon`` override wins over the trained one.
+
+    A token-conditioned head is named ``<head>+tc``.
+    """
     model = payload.get("model") or {}
     horizon = payload.get("args", {}).get("horizon") or model.get("horizon") or 1
-    return str(model.get("model_head", "?")), int(model.get("rank") or 1), int(horizon)
+    head = str(model.get("model_head", "?")) + ("+tc" if model.get("token_conditioned") else "")
+    return head, int(model.get("rank") or 1), int(horizon)
 
 
 def _run_tag(payload: dict, payloads: list[dict]) -> str:

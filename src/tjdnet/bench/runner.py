@@ -302,6 +302,7 @@ def load_bench_model(ckpt_path: str | None, model_name: str | None, dtype: str |
         config = model.config
         hparams = {"model": config.base_model, "model_head": config.head, "horizon": config.horizon}
         hparams |= {"rank": config.rank, "hidden_dim": config.hidden_dim, "train_mode": config.train_mode}
+        hparams |= {"token_conditioned": config.token_conditioned}
         return model.eval(), tokenizer, {"checkpoint": str(ckpt_path), "model": hparams}
     if ckpt_path is not None:
         from tjdnet.training.restore import load_trained

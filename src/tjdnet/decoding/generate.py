@@ -214,7 +214,7 @@ def _speculative_loop(model, rows, hidden, pending, config, draft_len, out, stat
             hidden, pending = hidden[keep], pending[keep]
         k = min(draft_len, max(out.remaining(r) for r in rows.index.tolist()) - 1)
         if k > 0:
-            block = model.head(hidden, horizon=k + 1)
+            block = model.head(hidden, horizon=k + 1, first=pending)
             draft, draft_log_q = block.draft(config, prefix=pending[:, None], generator=generator)
         else:
             draft = pending.new_zeros(len(pending), 0)
@@ -256,7 +256,7 @@ def _draft_loop(model, rows, hidden, config, horizon, out, stats, forward, gener
     """Take ``horizon`` tokens per pass from the joint head alone (lossy)."""
     while True:
         k = min(horizon, max(out.remaining(r) for r in rows.index.tolist()))
-        tokens, _ = model.head(hidden, horizon=k).draft(config, generator=generator)
+        tokens = _draft_block(model.head, hidden, k, config, generator)
         for a, r in enumerate(rows.index.tolist()):
             stats.rows[r].new_tokens += out.commit(r, tokens[a].tolist())
         keep = torch.tensor([not out.finished[r] for r in rows.index.tolist()], device=hidden.device)
@@ -270,6 +270,15 @@ def _draft_loop(model, rows, hidden, config, horizon, out, stats, forward, gener
         stats.decode_steps += 1
         rows.keep_first(k, torch.full_like(rows.next_pos, k))
         hidden = step_hidden[:, -1]
+
+
+def _draft_block(head, hidden: torch.Tensor, k: int, config: SamplingConfig, generator) -> torch.Tensor:
+    """(A, k) tokens from the head alone; a token-conditioned head first chooses y_1, then the rest given it."""
+    if not head.token_conditioned or k == 1:
+        return head(hidden, horizon=k).draft(config, generator=generator)[0]
+    first, _ = head(hidden, horizon=1).draft(config, generator=generator)
+    rest, _ = head(hidden, horizon=k, first=first[:, 0]).draft(config, prefix=first, generator=generator)
+    return torch.cat([first, rest], dim=1)
 
 
 def _finish(input_ids, out: _Output, stats: GenerationStats, pad_token_id: int, streamer) -> GenerationOutput:

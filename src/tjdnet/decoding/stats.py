@@ -66,9 +66,10 @@ class GenerationStats:
         return sum(r.accepted for r in self.rows) / drafted if drafted else 0.0
 
     @property
-    def per_position_acceptance(self) -> list[float]:
-        """alpha_i = P(draft token i accepted | tokens before it accepted)."""
-        return [a / n if n else 0.0 for a, n in zip(self.accepted_at, self.reached, strict=True)]
+    def per_position_acceptance(self) -> list[float | None]:
+        """alpha_i = P(draft token i accepted | tokens before it accepted); None where position i was never
+        reached (nothing drafted there, e.g. in ``ar`` mode)."""
+        return [a / n if n else None for a, n in zip(self.accepted_at, self.reached, strict=True)]
 
     @property
     def accepted_length_histogram(self) -> list[int]:

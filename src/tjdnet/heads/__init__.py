@@ -27,12 +27,33 @@ def validate_head_config(config: HeadConfig) -> None:
         raise ValueError(f"horizon={config.horizon} is not allowed for the stp head; stp has horizon 1")
     if config.name in FIXED_RANK_ONE and config.rank != 1:
         raise ValueError(f"rank={config.rank} is not allowed for the {config.name} head; it has rank 1")
+    check_token_conditioning(config.name, config.horizon, config.token_conditioned)
 
 
-def make_head(config: HeadConfig, unembedding: nn.Module) -> JointHead:
-    """Build the head named by ``config.name`` on top of a (frozen, shared) output embedding."""
+def check_token_conditioning(name: str, horizon: int, token_conditioned: bool) -> None:
+    """A token-conditioned head needs adapters and a position after the first one."""
+    if token_conditioned and (name == "stp" or horizon < 2):
+        raise ValueError(
+            f"token_conditioned is not allowed for {name} with horizon={horizon}; "
+            "it needs a multihead, cp or mps head with horizon >= 2"
+        )
+
+
+def make_head(config: HeadConfig, unembedding: nn.Module, embedding: nn.Module | None = None) -> JointHead:
+    """Build the head named by ``config.name`` on top of a (frozen, shared) output embedding.
+
+    ``embedding`` (the backbone's input embedding) is read by token-conditioned heads only.
+    """
     validate_head_config(config)
-    return HEADS[config.name](config, unembedding)
+    return HEADS[config.name](config, unembedding, embedding)
 
 
-__all__ = ["HEADS", "BlockDistribution", "HeadConfig", "JointHead", "make_head", "validate_head_config"]
+__all__ = [
+    "HEADS",
+    "BlockDistribution",
+    "HeadConfig",
+    "JointHead",
+    "check_token_conditioning",
+    "make_head",
+    "validate_head_config",
+]

@@ -7,6 +7,12 @@ softmax(E z_rk) over the vocabulary, where E is the backbone's own output embedd
 frozen). W_out starts at zero, so every component starts as the base model's next-token
 distribution. Subclasses only say how the components are combined: the initial state / mixture
 weights and the transitions along the block.
+
+A *token-conditioned* head (``token_conditioned=True``) also reads the block's first token y_1: the components
+of positions 2..H take h + C e(y_1) instead of h, where e is the backbone's (frozen) input embedding and C a
+learned D x D map, zero at first. Each product term is still normalised (y_1's own emission does not depend on
+y_1), so the block distribution stays exact. In speculative decoding y_1 is the verifier's token, so the
+draft of y_2.. sees it, as the base model would; the head stays one pass per block.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ class HeadConfig:
         hidden_size: D, the backbone's hidden size.
         vocab_size: V, the size of the output embedding.
         loss_chunk_elements: most vocabulary logits alive at once in the training loss.
+        token_conditioned: positions 2..H also read the block's first token (see the module docstring).
     """
 
     name: str
@@ -46,6 +53,7 @@ class HeadConfig:
     rank: int = 1
     hidden_dim: int = 64
     loss_chunk_elements: int = DEFAULT_LOSS_CHUNK_ELEMENTS
+    token_conditioned: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,34 +67,54 @@ class ComponentAdapters(nn.Module):
         self.w_in = nn.Parameter(torch.randn(n, dim, hidden_dim) / math.sqrt(dim))
         self.w_out = nn.Parameter(torch.zeros(n, hidden_dim, dim))
 
-    def forward(self, h: torch.Tensor, components: slice | torch.Tensor = slice(None)) -> torch.Tensor:
-        """Map h (B, D) to (B, n_selected, D)."""
-        x = h.to(self.w_in.dtype)
-        inner = torch.nn.functional.silu(torch.einsum("bd,cde->bce", x, self.w_in[components]))
-        return x.unsqueeze(1) + torch.einsum("bce,ced->bcd", inner, self.w_out[components])
+    def forward(self, x: torch.Tensor, components: slice | torch.Tensor = slice(None)) -> torch.Tensor:
+        """Map x (B, D), shared by the selected components, or (B, n_selected, D), one each, to (B, n_selected, D)."""
+        x = x.to(self.w_in.dtype)
+        w_in, w_out = self.w_in[components], self.w_out[components]
+        if x.dim() == 2:
+            inner, x = torch.einsum("bd,cde->bce", x, w_in), x.unsqueeze(1)
+        else:
+            inner = torch.einsum("bcd,cde->bce", x, w_in)
+        return x + torch.einsum("bce,ced->bcd", torch.nn.functional.silu(inner), w_out)
 
 
 class JointHead(nn.Module):
     """Base class: models p(y_1..y_H | h) with R x H components sharing the output embedding.
 
     Subclasses implement :meth:`log_init` and :meth:`log_trans`.
+
+    Args:
+        unembedding: the backbone's output embedding (V x D).
+        embedding: the backbone's input embedding; needed by token-conditioned heads only.
     """
 
     uses_adapters = True
 
-    def __init__(self, config: HeadConfig, unembedding: nn.Module) -> None:
+    def __init__(self, config: HeadConfig, unembedding: nn.Module, embedding: nn.Module | None = None) -> None:
         super().__init__()
         self.config = config
         self.horizon = config.horizon
         self.rank = config.rank
-        # A tuple hides the backbone's output embedding from this module's parameters and state dict.
+        self.token_conditioned = config.token_conditioned
+        # Tuples hide the backbone's embeddings from this module's parameters and state dict.
         self._unembedding = (unembedding,)
+        self._embedding = (embedding,)
         n = config.rank * config.horizon
         self.adapters = ComponentAdapters(n, config.hidden_size, config.hidden_dim) if self.uses_adapters else None
+        self.condition = None
+        if config.token_conditioned:
+            if embedding is None:
+                raise ValueError("a token-conditioned head needs the backbone's input embedding")
+            self.condition = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+            nn.init.zeros_(self.condition.weight)
 
     @property
     def unembedding(self) -> nn.Module:
         return self._unembedding[0]
+
+    @property
+    def embedding(self) -> nn.Module | None:
+        return self._embedding[0]
 
     def log_init(self, h: torch.Tensor) -> torch.Tensor:
         """(B, R) log initial state distribution (mixture weights)."""
@@ -96,15 +124,35 @@ class JointHead(nn.Module):
         """(B, H-1, R, R) log transitions along the block, or None for a mixture of products."""
         return None
 
-    def component_states(self, h: torch.Tensor, components: slice | torch.Tensor = slice(None)) -> torch.Tensor:
+    def component_inputs(
+        self, h: torch.Tensor, components: slice | torch.Tensor, first: torch.Tensor | None
+    ) -> torch.Tensor:
+        """What the selected components read: h (B, D) itself, or (B, n_selected, D) for a token-conditioned
+        head, where components past the block's first position add C e(first) (``first``: (B,) token ids)."""
+        if self.condition is None:
+            return h
+        later = (torch.arange(self.rank * self.horizon, device=h.device)[components] % self.horizon) > 0
+        if not later.any():
+            return h
+        if first is None:
+            raise ValueError("this head is token-conditioned: pass the block's first token (first=...)")
+        weight = self.condition.weight
+        shift = self.condition(self.embedding(first).to(weight.dtype))  # (B, D)
+        return h.to(weight.dtype).unsqueeze(1) + later[None, :, None].to(weight.dtype) * shift.unsqueeze(1)
+
+    def component_states(
+        self, h: torch.Tensor, components: slice | torch.Tensor = slice(None), first: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(B, n_selected, D) inputs of the output embedding; component index = r * H + k."""
         if self.adapters is None:
             return h.unsqueeze(1)[:, components]
-        return self.adapters(h, components)
+        return self.adapters(self.component_inputs(h, components, first), components)
 
-    def component_logits(self, h: torch.Tensor, components: slice | torch.Tensor = slice(None)) -> torch.Tensor:
+    def component_logits(
+        self, h: torch.Tensor, components: slice | torch.Tensor = slice(None), first: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(B, n_selected, V) float32 vocabulary logits of the selected components."""
-        z = self.component_states(h, components)
+        z = self.component_states(h, components, first)
         # One (B*n, D) product: a 3-D input whose strides do not fold falls back to a batched product
         # with the (V, D) weight expanded per row, several times slower on CPU.
         flat = z.reshape(-1, z.shape[-1]).to(self.unembedding.weight.dtype)
@@ -127,13 +175,17 @@ class JointHead(nn.Module):
                 f"or {IGNORE_INDEX} (ignored)"
             )
 
-    def forward(self, h: torch.Tensor, horizon: int | None = None) -> BlockDistribution:
+    def forward(
+        self, h: torch.Tensor, horizon: int | None = None, first: torch.Tensor | None = None
+    ) -> BlockDistribution:
         """The exact distribution of the first ``horizon`` (default H) tokens of the block.
 
         All needed components go through the output embedding in one batched product.
 
         Args:
             h: (B, D) hidden states.
+            first: (B,) the block's first token, which a token-conditioned head needs for ``horizon`` > 1
+                (the returned distribution is then only meaningful for blocks that start with it).
         """
         self.check_hidden(h)
         horizon = self.horizon if horizon is None else horizon
@@ -141,14 +193,14 @@ class JointHead(nn.Module):
         if horizon < self.horizon:
             grid = torch.arange(self.rank, device=h.device)[:, None] * self.horizon + torch.arange(horizon)
             components = grid.flatten()
-        logits = self.component_logits(h, components)  # (B, R*horizon, V)
+        logits = self.component_logits(h, components, first)  # (B, R*horizon, V)
         log_emit = torch.log_softmax(logits, dim=-1).unflatten(1, (self.rank, horizon))
         log_trans = self.log_trans(h)
         if log_trans is not None:
             log_trans = log_trans[:, : horizon - 1].float()
         return BlockDistribution(self.log_init(h).float(), log_trans, log_emit)
 
-    def token_log_probs(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def token_log_probs(self, h: torch.Tensor, y: torch.Tensor, first: torch.Tensor | None = None) -> torch.Tensor:
         """Log emission probability of each target under each component, memory-bounded.
 
         Vocabulary logits are produced chunk by chunk, so at most ``loss_chunk_elements`` of them are alive
@@ -157,7 +209,8 @@ class JointHead(nn.Module):
         otherwise each chunk runs under activation checkpointing.
 
         Args:
-            h: (N, D) hidden states; y: (N, H) targets, -100 where ignored.
+            h: (N, D) hidden states; y: (N, H) targets, -100 where ignored; first: (N,) the blocks' first
+                tokens (token-conditioned heads only).
         Returns:
             (N, R, H) float32 log-probabilities, 0 at ignored targets.
         """
@@ -168,13 +221,14 @@ class JointHead(nn.Module):
         rows_per_chunk = max(1, budget // (vocab * comps_per_chunk))
         needs_grad = torch.is_grad_enabled() and (h.requires_grad or self.adapters is not None)
         if needs_grad and self._frozen_linear_unembedding():
-            return self._fused_token_log_probs(h, targets, max(1, budget // vocab))
+            return self._fused_token_log_probs(h, targets, max(1, budget // vocab), first)
         columns = []
         for c0 in range(0, n_comp, comps_per_chunk):
             c1 = min(c0 + comps_per_chunk, n_comp)
             rows = []
             for r0 in range(0, n, rows_per_chunk):
-                args = (h[r0 : r0 + rows_per_chunk], targets[r0 : r0 + rows_per_chunk, c0:c1], c0, c1)
+                window = slice(r0, r0 + rows_per_chunk)
+                args = (h[window], targets[window, c0:c1], c0, c1, None if first is None else first[window])
                 if needs_grad:
                     rows.append(checkpoint(self._chunk_token_log_probs, *args, use_reentrant=False))
                 else:
@@ -186,9 +240,11 @@ class JointHead(nn.Module):
         layer = self.unembedding
         return isinstance(layer, nn.Linear) and not any(p.requires_grad for p in layer.parameters())
 
-    def _fused_token_log_probs(self, h: torch.Tensor, targets: torch.Tensor, chunk_rows: int) -> torch.Tensor:
+    def _fused_token_log_probs(
+        self, h: torch.Tensor, targets: torch.Tensor, chunk_rows: int, first: torch.Tensor | None
+    ) -> torch.Tensor:
         """(N, R, H) as :meth:`token_log_probs`, through :func:`target_log_probs` (no recomputation)."""
-        z = self.component_states(h)  # (N, R*H, D)
+        z = self.component_states(h, first=first)  # (N, R*H, D)
         lp = target_log_probs(
             z.reshape(-1, z.shape[-1]),
             targets.clamp_min(0).reshape(-1),
@@ -199,16 +255,26 @@ class JointHead(nn.Module):
         lp = lp.view(targets.shape) * (targets != IGNORE_INDEX)
         return lp.unflatten(1, (self.rank, self.horizon))
 
-    def _chunk_token_log_probs(self, h: torch.Tensor, targets: torch.Tensor, c0: int, c1: int) -> torch.Tensor:
-        logits = self.component_logits(h, slice(c0, c1))  # (n, c, V)
+    def _chunk_token_log_probs(
+        self, h: torch.Tensor, targets: torch.Tensor, c0: int, c1: int, first: torch.Tensor | None
+    ) -> torch.Tensor:
+        logits = self.component_logits(h, slice(c0, c1), first)  # (n, c, V)
         picked = logits.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
         return (picked - torch.logsumexp(logits, dim=-1)) * (targets != IGNORE_INDEX)
 
-    def log_prob(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Exact normalised log p(y | h) for h (B, D), y (B, H); -100 targets are marginalised. (B,)"""
+    def log_prob(self, h: torch.Tensor, y: torch.Tensor, first: torch.Tensor | None = None) -> torch.Tensor:
+        """Exact normalised log p(y | h) for h (B, D), y (B, H); -100 targets are marginalised. (B,)
+
+        A token-conditioned head reads ``first`` (B,), the token at the block's first position even where its
+        label is ignored (default: ``y[:, 0]``, which must then be observed).
+        """
         self.check_hidden(h)
         self.check_targets(y)
-        token_lp = self.token_log_probs(h, y)
+        if self.token_conditioned and first is None and self.horizon > 1:
+            if (y[:, 0] == IGNORE_INDEX).any():
+                raise ValueError("a token-conditioned head needs first=... where a block's first target is ignored")
+            first = y[:, 0]
+        token_lp = self.token_log_probs(h, y, first)
         return chain_log_prob(self.log_init(h).float(), _float_or_none(self.log_trans(h)), token_lp)
 
     def num_parameters(self) -> int:

@@ -13,8 +13,8 @@ from tjdnet.heads.base import HeadConfig, JointHead
 
 
 class CPHead(JointHead):
-    def __init__(self, config: HeadConfig, unembedding: nn.Module) -> None:
-        super().__init__(config, unembedding)
+    def __init__(self, config: HeadConfig, unembedding: nn.Module, embedding: nn.Module | None = None) -> None:
+        super().__init__(config, unembedding, embedding)
         self.mixture = nn.Linear(config.hidden_size, config.rank)
         nn.init.zeros_(self.mixture.weight)
         nn.init.zeros_(self.mixture.bias)

@@ -16,8 +16,8 @@ from tjdnet.heads.base import HeadConfig, JointHead
 
 
 class MPSHead(JointHead):
-    def __init__(self, config: HeadConfig, unembedding: nn.Module) -> None:
-        super().__init__(config, unembedding)
+    def __init__(self, config: HeadConfig, unembedding: nn.Module, embedding: nn.Module | None = None) -> None:
+        super().__init__(config, unembedding, embedding)
         self.initial = nn.Linear(config.hidden_size, config.rank)
         n_trans = max(config.horizon - 1, 0) * config.rank * config.rank
         self.transitions = nn.Linear(config.hidden_size, n_trans)

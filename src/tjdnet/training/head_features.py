@@ -17,7 +17,7 @@ from functools import partial
 import torch
 
 from tjdnet.data import collate
-from tjdnet.model import TJDModel, answer_positions, block_targets
+from tjdnet.model import TJDModel, answer_positions, block_targets, next_tokens
 from tjdnet.tensorops.logspace import IGNORE_INDEX
 from tjdnet.training.module import lr_factor
 
@@ -31,10 +31,15 @@ class Features:
     Attributes:
         hidden: (N, D) last hidden states at positions with a label among the next H tokens.
         targets: (N, H) the next H labels at those positions, -100 past the end of the answer.
+        first: (N,) the input token after each position (what a token-conditioned head reads).
     """
 
     hidden: torch.Tensor
     targets: torch.Tensor
+    first: torch.Tensor
+
+    def __getitem__(self, index: torch.Tensor | slice) -> Features:
+        return Features(self.hidden[index], self.targets[index], self.first[index])
 
     def __len__(self) -> int:
         return self.hidden.shape[0]
@@ -45,7 +50,7 @@ class Features:
             raise ValueError(f"n_held_out={n_held_out} is not allowed; there are {len(self)} positions")
         order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
         rest, held = order[n_held_out:], order[:n_held_out]
-        return Features(self.hidden[rest], self.targets[rest]), Features(self.hidden[held], self.targets[held])
+        return self[rest], self[held]
 
 
 @torch.no_grad()
@@ -57,7 +62,7 @@ def collect_features(
     ``horizon`` is the longest horizon the features will train; a head with a shorter one uses the first
     columns of ``targets``.
     """
-    hidden, targets = [], []
+    hidden, targets, first = [], [], []
     for start in range(0, len(rows), batch_size):
         batch = collate(rows[start : start + batch_size], pad_token_id, padding_side="right")
         h = model.hidden_states(batch["input_ids"], batch["attention_mask"])  # (B, T, D)
@@ -65,7 +70,8 @@ def collect_features(
         keep = answer_positions(y, batch["attention_mask"])
         hidden.append(h[keep].float())
         targets.append(y[keep])
-    return Features(torch.cat(hidden), torch.cat(targets))
+        first.append(next_tokens(batch["input_ids"], pad_token_id)[keep])
+    return Features(torch.cat(hidden), torch.cat(targets), torch.cat(first))
 
 
 def head_nll(model: TJDModel, features: Features) -> torch.Tensor:
@@ -73,7 +79,7 @@ def head_nll(model: TJDModel, features: Features) -> torch.Tensor:
     y = features.targets[:, : model.horizon]
     h = features.hidden.to(model.head.unembedding.weight.dtype)
     n_tokens = int((y != IGNORE_INDEX).sum())
-    return -model.head.log_prob(h, y).sum() / max(n_tokens, 1)
+    return -model.head.log_prob(h, y, features.first).sum() / max(n_tokens, 1)
 
 
 @torch.no_grad()
@@ -81,8 +87,7 @@ def evaluate_head(model: TJDModel, features: Features, batch_positions: int = 25
     """Held-out NLL per target token (averaged over positions in chunks)."""
     total, count = 0.0, 0
     for start in range(0, len(features), batch_positions):
-        window = slice(start, start + batch_positions)
-        chunk = Features(features.hidden[window], features.targets[window])
+        chunk = features[start : start + batch_positions]
         n = int((chunk.targets[:, : model.horizon] != IGNORE_INDEX).sum())
         total += head_nll(model, chunk).item() * n
         count += n
@@ -118,7 +123,7 @@ def fit_head(
             order, cursor = torch.randperm(len(features), generator=generator), 0
         index = order[cursor : cursor + batch_positions]
         cursor += batch_positions
-        loss = head_nll(model, Features(features.hidden[index], features.targets[index]))
+        loss = head_nll(model, features[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -36,6 +36,8 @@ class TJDLitModule(L.LightningModule):
         lora_layers: put LoRA on the last N transformer blocks only (None: all); cheaper backward.
         loss_mode: ``draft`` (head NLL) or ``joint`` (head NLL + joint_loss_lambda x next-token CE).
         use_memory_efficient_loss: score the head at every H-th position only.
+        token_conditioned: the head's positions 2..H also read the block's first token (in speculative
+            decoding, the verifier's own token).
         lr: peak learning rate (AdamW), reached after ``warmup_steps``, then cosine decay to 10%.
         dtype: weights of the base model: ``float32`` or ``bfloat16``.
         max_new_tokens: length of the sample printed after each validation.
@@ -54,6 +56,7 @@ class TJDLitModule(L.LightningModule):
         loss_mode: str = "joint",
         joint_loss_lambda: float = 1.0,
         use_memory_efficient_loss: bool = False,
+        token_conditioned: bool = False,
         lr: float = 1e-3,
         warmup_steps: int = 0,
         dtype: str = "float32",
@@ -78,6 +81,7 @@ class TJDLitModule(L.LightningModule):
             loss_mode=loss_mode,
             joint_loss_lambda=joint_loss_lambda,
             use_memory_efficient_loss=use_memory_efficient_loss,
+            token_conditioned=token_conditioned,
         )
         config.validate()  # before the (slow) model load
         lm, self.tokenizer = load_causal_lm(model, dtype=dtype)
