@@ -299,11 +299,9 @@ def load_bench_model(ckpt_path: str | None, model_name: str | None, dtype: str |
     if ckpt_path is not None and Path(ckpt_path, CONFIG_FILE).is_file():
         model, tokenizer = TJDModel.from_pretrained(ckpt_path, dtype=dtype or "float32")
         model.merge_adapters()
-        config = model.config
-        hparams = {"model": config.base_model, "model_head": config.head, "horizon": config.horizon}
-        hparams |= {"rank": config.rank, "hidden_dim": config.hidden_dim, "train_mode": config.train_mode}
-        hparams |= {"token_conditioned": config.token_conditioned}
-        return model.eval(), tokenizer, {"checkpoint": str(ckpt_path), "model": hparams}
+        from tjdnet.training.module import config_hparams
+
+        return model.eval(), tokenizer, {"checkpoint": str(ckpt_path), "model": config_hparams(model.config)}
     if ckpt_path is not None:
         from tjdnet.training.restore import load_trained
 

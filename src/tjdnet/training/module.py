@@ -131,6 +131,24 @@ class TJDLitModule(L.LightningModule):
             raise ValueError(f"checkpoint lacks {len(missing)} trained weights, e.g. {sorted(missing)[0]}")
 
 
+def config_hparams(config: TJDConfig) -> dict:
+    """The :class:`TJDLitModule` arguments (the CLI's ``--model.*`` names) that rebuild ``config``."""
+    return {
+        "model": config.base_model,
+        "model_head": config.head,
+        "horizon": config.horizon,
+        "rank": config.rank,
+        "hidden_dim": config.hidden_dim,
+        "train_mode": config.train_mode,
+        "lora_rank": config.lora_rank,
+        "lora_layers": config.lora_layers,
+        "loss_mode": config.loss_mode,
+        "joint_loss_lambda": config.joint_loss_lambda,
+        "use_memory_efficient_loss": config.use_memory_efficient_loss,
+        "token_conditioned": config.token_conditioned,
+    }
+
+
 def lr_factor(step: int, warmup: int, total: int) -> float:
     """Learning-rate multiplier at ``step``: linear warm-up over ``warmup`` steps, then cosine decay to 0.1."""
     if step < warmup:
