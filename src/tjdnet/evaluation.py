@@ -14,6 +14,7 @@ import torch
 
 from tjdnet.data import Example, collate, encode_prompt, is_correct
 from tjdnet.decoding import GenerationOutput, GenerationStats
+from tjdnet.decoding.stats import acceptance_by_position
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class ModeResult:
             "forward_passes": self.forward_passes,
             "tau": self.tau,
             "acceptance_rate": self.acceptance_rate,
-            "per_position_acceptance": [a / n if n else None for a, n in zip(self.accepted_at, self.reached)],
+            "per_position_acceptance": acceptance_by_position(self.accepted_at, self.reached),
             "accepted_length_histogram": self.histogram,
             "prefill_time_s": self.prefill_time_s,
             "decode_time_s": self.decode_time_s,

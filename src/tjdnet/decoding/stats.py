@@ -69,7 +69,7 @@ class GenerationStats:
     def per_position_acceptance(self) -> list[float | None]:
         """alpha_i = P(draft token i accepted | tokens before it accepted); None where position i was never
         reached (nothing drafted there, e.g. in ``ar`` mode)."""
-        return [a / n if n else None for a, n in zip(self.accepted_at, self.reached, strict=True)]
+        return acceptance_by_position(self.accepted_at, self.reached)
 
     @property
     def accepted_length_histogram(self) -> list[int]:
@@ -102,3 +102,8 @@ class GenerationStats:
             out[name] = getattr(self, name)
         out["rows"] = [{**asdict(r), "tau": r.tau, "acceptance_rate": r.acceptance_rate} for r in self.rows]
         return out
+
+
+def acceptance_by_position(accepted_at: list[int], reached: list[int]) -> list[float | None]:
+    """alpha_i = accepted_at[i] / reached[i]; None where position i was never reached."""
+    return [a / n if n else None for a, n in zip(accepted_at, reached, strict=True)]
