@@ -65,8 +65,8 @@ def plot_speedup_tau(payloads: list[dict], path: str | Path, mode: str = MEASURE
     ax_tau.set(xlabel="horizon H", ylabel="tau (tokens / forward pass)", title=f"{mode}: tau")
     for ax in (ax_speed, ax_tau):
         ax.grid(alpha=0.3)
-        if lines:
-            ax.legend(fontsize=8)
+    if lines:  # one legend, beside the plots, so it never hides a point
+        ax_tau.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return _save(fig, path)
 
 
