@@ -22,6 +22,23 @@ def default_horizon(head: str) -> int:
     return 1 if head == "stp" else 4
 
 
+# TJDLitModule argument -> the TJDConfig field it sets (lora_alpha is always 2 x lora_rank).
+CONFIG_ARGUMENTS = {
+    "model": "base_model",
+    "model_head": "head",
+    "horizon": "horizon",
+    "rank": "rank",
+    "hidden_dim": "hidden_dim",
+    "train_mode": "train_mode",
+    "lora_rank": "lora_rank",
+    "lora_layers": "lora_layers",
+    "loss_mode": "loss_mode",
+    "joint_loss_lambda": "joint_loss_lambda",
+    "use_memory_efficient_loss": "use_memory_efficient_loss",
+    "token_conditioned": "token_conditioned",
+}
+
+
 class TJDLitModule(L.LightningModule):
     """Fine-tunes a joint head (and optionally LoRA adapters / the backbone) on a causal LM.
 
@@ -69,19 +86,7 @@ class TJDLitModule(L.LightningModule):
         if lr <= 0:
             raise ValueError(f"lr={lr} is not allowed; use a value > 0")
         config = TJDConfig(
-            base_model=model,
-            head=model_head,
-            horizon=horizon,
-            rank=rank,
-            hidden_dim=hidden_dim,
-            train_mode=train_mode,
-            lora_rank=lora_rank,
-            lora_alpha=2 * lora_rank,
-            lora_layers=lora_layers,
-            loss_mode=loss_mode,
-            joint_loss_lambda=joint_loss_lambda,
-            use_memory_efficient_loss=use_memory_efficient_loss,
-            token_conditioned=token_conditioned,
+            **{field: self.hparams[arg] for arg, field in CONFIG_ARGUMENTS.items()}, lora_alpha=2 * lora_rank
         )
         config.validate()  # before the (slow) model load
         lm, self.tokenizer = load_causal_lm(model, dtype=dtype)
@@ -133,20 +138,7 @@ class TJDLitModule(L.LightningModule):
 
 def config_hparams(config: TJDConfig) -> dict:
     """The :class:`TJDLitModule` arguments (the CLI's ``--model.*`` names) that rebuild ``config``."""
-    return {
-        "model": config.base_model,
-        "model_head": config.head,
-        "horizon": config.horizon,
-        "rank": config.rank,
-        "hidden_dim": config.hidden_dim,
-        "train_mode": config.train_mode,
-        "lora_rank": config.lora_rank,
-        "lora_layers": config.lora_layers,
-        "loss_mode": config.loss_mode,
-        "joint_loss_lambda": config.joint_loss_lambda,
-        "use_memory_efficient_loss": config.use_memory_efficient_loss,
-        "token_conditioned": config.token_conditioned,
-    }
+    return {arg: getattr(config, field) for arg, field in CONFIG_ARGUMENTS.items()}
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
