@@ -95,7 +95,6 @@ class JointHead(nn.Module):
         self.config = config
         self.horizon = config.horizon
         self.rank = config.rank
-        self.token_conditioned = config.token_conditioned
         # Tuples hide the backbone's embeddings from this module's parameters and state dict.
         self._unembedding = (unembedding,)
         self._embedding = (embedding,)
@@ -115,6 +114,10 @@ class JointHead(nn.Module):
     @property
     def embedding(self) -> nn.Module | None:
         return self._embedding[0]
+
+    @property
+    def token_conditioned(self) -> bool:
+        return self.condition is not None
 
     def log_init(self, h: torch.Tensor) -> torch.Tensor:
         """(B, R) log initial state distribution (mixture weights)."""
