@@ -30,6 +30,33 @@ def greedy_accept(draft: torch.Tensor, target_log_probs: torch.Tensor) -> tuple[
     return n_accepted, choice.gather(1, n_accepted[:, None]).squeeze(1)
 
 
+def greedy_accept_tree(
+    tokens: torch.Tensor, parents: torch.Tensor, target_log_probs: torch.Tensor, depth: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Follow the verifier's argmax from the root down a draft tree while some child carries it.
+
+    Args:
+        tokens, parents: (B, N) the tree's nodes (see :class:`~tjdnet.decoding.tree.DraftTree`).
+        target_log_probs: (B, N + 1, V) verifier log-distributions after the root (index 0) and each node.
+        depth: the tree's greatest depth.
+    Returns:
+        path (B, depth + 1): node indices from the root, the first n_accepted + 1 meaningful (the rest repeat
+        the last); n_accepted (B,) in 0..depth; the verifier's token after the path (B,).
+    """
+    choice = target_log_probs.argmax(dim=-1)  # (B, N + 1)
+    node = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
+    n_accepted = torch.zeros_like(node)
+    path = [node]
+    for d in range(depth):
+        wanted = choice.gather(1, node[:, None])
+        match = (parents == node[:, None]) & (tokens == wanted)  # children are distinct: at most one match
+        found = match.any(dim=1) & (n_accepted == d)
+        node = torch.where(found, match.long().argmax(dim=1) + 1, node)
+        n_accepted = n_accepted + found.long()
+        path.append(node)
+    return torch.stack(path, dim=1), n_accepted, choice.gather(1, node[:, None]).squeeze(1)
+
+
 def speculative_accept(
     draft: torch.Tensor,
     draft_log_probs: torch.Tensor,

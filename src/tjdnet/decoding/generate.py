@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from tjdnet.decoding.acceptance import greedy_accept, speculative_accept
+from tjdnet.decoding.acceptance import greedy_accept, greedy_accept_tree, speculative_accept
 from tjdnet.decoding.stats import GenerationStats, RowStats
+from tjdnet.decoding.tree import DraftTree, build_draft_tree, tree_attention_mask
 from tjdnet.sampling import SamplingConfig, choose_tokens, process_log_probs
 
 GEN_MODES = ("ar", "draft", "speculative")
@@ -44,6 +45,25 @@ class _Rows:
         mask = torch.cat([self.slot_mask, self.slot_mask.new_ones(len(self.index), n)], dim=1)
         positions = self.next_pos[:, None] + torch.arange(n, device=mask.device)
         return mask, positions
+
+    def tree_inputs(self, tree: DraftTree, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention mask (A, 1, N + 1, L + N + 1) and position ids (A, N + 1) for a root and its draft tree."""
+        depths = torch.cat([torch.zeros_like(tree.depths[:, :1]), tree.depths], dim=1)
+        return tree_attention_mask(self.slot_mask, tree, dtype), self.next_pos[:, None] + depths
+
+    def keep_path(self, fed: int, path: torch.Tensor, kept: torch.Tensor) -> None:
+        """After feeding ``fed`` tokens, keep for each row the ``kept`` (A,) fed tokens listed in ``path`` (A, W),
+        moved to the front of the fed slots in path order."""
+        width = int(kept.max())
+        start = self.caches[0].get_seq_length() - fed
+        index = start + path[:, :width]
+        for cache in self.caches:
+            for layer in cache.layers:
+                for name in ("keys", "values"):
+                    states = getattr(layer, name)  # (A, heads, L + fed, d)
+                    picked = states.gather(2, index[:, None, :, None].expand(-1, states.shape[1], -1, states.shape[3]))
+                    states[:, :, start : start + width] = picked
+        self.keep_first(fed, kept)
 
     def keep_first(self, fed: int, kept: torch.Tensor) -> None:
         """After feeding ``fed`` tokens, keep the first ``kept`` (A,) of them for each row."""
@@ -92,6 +112,17 @@ class _Output:
         return len(taken)
 
 
+def _validate_tree(tree_nodes: int, tree_topk: int, gen_mode: str, do_sample: bool) -> None:
+    if not isinstance(tree_nodes, int) or tree_nodes < 0:
+        raise ValueError(f"tree_nodes={tree_nodes!r} is not allowed; use an integer >= 0 (0 drafts a chain)")
+    if not isinstance(tree_topk, int) or tree_topk < 1:
+        raise ValueError(f"tree_topk={tree_topk!r} is not allowed; use an integer >= 1")
+    if tree_nodes and gen_mode != "speculative":
+        raise ValueError(f"tree_nodes={tree_nodes} applies to gen_mode='speculative' only, not {gen_mode!r}")
+    if tree_nodes and do_sample:
+        raise ValueError("tree drafting verifies greedily: use do_sample=False, or tree_nodes=0 to sample")
+
+
 def _validate(model, input_ids, attention_mask, gen_mode, max_new_tokens, horizon, streamer) -> int:
     if gen_mode not in GEN_MODES:
         raise ValueError(f"unknown gen_mode {gen_mode!r}; allowed: {', '.join(GEN_MODES)}")
@@ -134,6 +165,8 @@ def generate(
     streamer=None,
     verify_with_base: bool = False,
     generator: torch.Generator | None = None,
+    tree_nodes: int = 0,
+    tree_topk: int = 4,
 ) -> GenerationOutput:
     """Generate up to ``max_new_tokens`` per row (transformers meaning for every shared argument).
 
@@ -146,9 +179,13 @@ def generate(
         verify_with_base: with LoRA, verify against the original model (adapters off); costs a second
             backbone pass per step.
         generator: random source for sampling.
+        tree_nodes: ``speculative`` only: verify a tree of this many drafted tokens per pass instead of one chain
+            of ``horizon - 1`` (greedy only; see :mod:`tjdnet.decoding.tree`); 0 drafts a chain.
+        tree_topk: prefixes a tree expands per depth.
     """
     horizon = _validate(model, input_ids, attention_mask, gen_mode, max_new_tokens, horizon, streamer)
     config = SamplingConfig(do_sample, temperature, top_k, top_p)
+    _validate_tree(tree_nodes, tree_topk, gen_mode, do_sample)
     if verify_with_base and not model.has_lora:
         raise ValueError("verify_with_base needs a model fine-tuned with LoRA (train_mode='lora')")
     if attention_mask is None:
@@ -192,13 +229,18 @@ def generate(
     else:
         draft_len = horizon - 1 if gen_mode == "speculative" else 0
         pending = choose_tokens(log_p, config, generator)
-        _speculative_loop(model, rows, hidden, pending, config, draft_len, out, stats, forward, generator)
+        _speculative_loop(
+            model, rows, hidden, pending, config, draft_len, out, stats, forward, generator, tree_nodes, tree_topk
+        )
     stats.decode_time_s = time.perf_counter() - start - stats.prefill_time_s
     return _finish(input_ids, out, stats, pad_token_id, streamer)
 
 
-def _speculative_loop(model, rows, hidden, pending, config, draft_len, out, stats, forward, generator) -> None:
-    """Commit the verifier's pending token, draft after it, verify the draft in one pass; repeat.
+def _speculative_loop(
+    model, rows, hidden, pending, config, draft_len, out, stats, forward, generator, tree_nodes, tree_topk
+) -> None:
+    """Commit the verifier's pending token, draft after it (a chain, or a tree of ``tree_nodes`` nodes),
+    verify the draft in one pass; repeat.
 
     ``draft_len = 0`` is plain autoregressive decoding.
     """
@@ -213,28 +255,19 @@ def _speculative_loop(model, rows, hidden, pending, config, draft_len, out, stat
             rows.select(keep)
             hidden, pending = hidden[keep], pending[keep]
         k = min(draft_len, max(out.remaining(r) for r in rows.index.tolist()) - 1)
-        if k > 0:
-            block = model.head(hidden, horizon=k + 1, first=pending)
-            draft, draft_log_q = block.draft(config, prefix=pending[:, None], generator=generator)
+        if k > 0 and tree_nodes > 0:
+            step = _tree_step(model, rows, hidden, pending, k, tree_nodes, tree_topk, forward)
         else:
-            draft = pending.new_zeros(len(pending), 0)
-        mask, positions = rows.feed_inputs(k + 1)
-        step_hidden, log_p = forward(torch.cat([pending[:, None], draft], dim=1), mask, positions)
+            step = _chain_step(model, rows, hidden, pending, k, config, forward, generator)
+        n_accepted, pending, hidden = step.n_accepted, step.pending, step.hidden
         stats.decode_steps += 1
-        if k == 0:
-            n_accepted = torch.zeros_like(pending)
-            pending = choose_tokens(log_p[:, 0], config, generator)
-        elif config.do_sample:
-            n_accepted, pending = speculative_accept(draft, draft_log_q, log_p, generator)
-        else:
-            n_accepted, pending = greedy_accept(draft, log_p)
         for a, r in enumerate(rows.index.tolist()):
             n = int(n_accepted[a])
-            taken = out.commit(r, draft[a, :n].tolist())
+            taken = out.commit(r, step.accepted[a, :n].tolist())
             row = stats.rows[r]
             row.new_tokens += taken
             if k > 0:
-                row.drafted += k
+                row.drafted += step.drafted
                 row.accepted += n
                 row.accepted_lengths.append(n)
                 for i in range(min(n + 1, k)):
@@ -242,14 +275,59 @@ def _speculative_loop(model, rows, hidden, pending, config, draft_len, out, stat
                     stats.accepted_at[i] += int(i < n)
             if out.finished[r]:
                 pending[a] = -1  # nothing more to commit for this row
-        rows.keep_first(k + 1, n_accepted + 1)
-        hidden = step_hidden[torch.arange(len(n_accepted)), n_accepted]
         still = pending >= 0
         if not still.any():
             return
         if not still.all():
             rows.select(still)
             hidden, pending = hidden[still], pending[still]
+
+
+@dataclass
+class _Step:
+    """One verified step: ``n_accepted`` (A,) of the ``accepted`` (A, k) drafted tokens were taken, ``pending``
+    (A,) is the verifier's next token, ``hidden`` (A, D) the last kept token's hidden state, ``drafted`` the
+    number of drafted tokens fed per row."""
+
+    accepted: torch.Tensor
+    n_accepted: torch.Tensor
+    pending: torch.Tensor
+    hidden: torch.Tensor
+    drafted: int
+
+
+def _chain_step(model, rows, hidden, pending, k, config, forward, generator) -> _Step:
+    """Draft one chain of k tokens after ``pending`` and verify it (k = 0: a plain step)."""
+    if k > 0:
+        block = model.head(hidden, horizon=k + 1, first=pending)
+        draft, draft_log_q = block.draft(config, prefix=pending[:, None], generator=generator)
+    else:
+        draft = pending.new_zeros(len(pending), 0)
+    mask, positions = rows.feed_inputs(k + 1)
+    step_hidden, log_p = forward(torch.cat([pending[:, None], draft], dim=1), mask, positions)
+    if k == 0:
+        n_accepted = torch.zeros_like(pending)
+        pending = choose_tokens(log_p[:, 0], config, generator)
+    elif config.do_sample:
+        n_accepted, pending = speculative_accept(draft, draft_log_q, log_p, generator)
+    else:
+        n_accepted, pending = greedy_accept(draft, log_p)
+    rows.keep_first(k + 1, n_accepted + 1)
+    last = step_hidden[torch.arange(len(n_accepted)), n_accepted]
+    return _Step(draft, n_accepted, pending, last, k)
+
+
+def _tree_step(model, rows, hidden, pending, k, tree_nodes, tree_topk, forward) -> _Step:
+    """Draft a tree of ``tree_nodes`` continuations (depth <= k) after ``pending`` and verify it greedily."""
+    block = model.head(hidden, horizon=k + 1, first=pending)
+    tree = build_draft_tree(block, pending, k, tree_nodes, tree_topk)
+    mask, positions = rows.tree_inputs(tree, hidden.dtype)
+    step_hidden, log_p = forward(torch.cat([pending[:, None], tree.tokens], dim=1), mask, positions)
+    path, n_accepted, pending = greedy_accept_tree(tree.tokens, tree.parents, log_p, k)
+    accepted = tree.tokens.gather(1, (path[:, 1:] - 1).clamp_min(0))  # (A, k) tokens along the path
+    rows.keep_path(tree.size + 1, path, n_accepted + 1)
+    last = step_hidden[torch.arange(len(n_accepted)), path.gather(1, n_accepted[:, None]).squeeze(1)]
+    return _Step(accepted, n_accepted, pending, last, tree.size)
 
 
 def _draft_loop(model, rows, hidden, config, horizon, out, stats, forward, generator) -> None:

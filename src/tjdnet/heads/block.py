@@ -46,16 +46,23 @@ class BlockDistribution:
         return self.log_init
 
     def conditional(self, message: torch.Tensor, k: int) -> torch.Tensor:
-        """(B, V) log q(y_k | y_<k) given the message before position k (0-based)."""
-        return conditional_log_probs(message, self.log_emit[:, :, k])
+        """(B, ..., V) log q(y_k | y_<k) given messages (B, ..., R) before position k (0-based)."""
+        return conditional_log_probs(message, self._per_prefix(self.log_emit[:, :, k], message))
 
     def observe(self, message: torch.Tensor, k: int, tokens: torch.Tensor) -> torch.Tensor:
-        """Condition on tokens (B,) at position k; returns the message before position k + 1."""
-        token_lp = self.log_emit[:, :, k].gather(-1, tokens[:, None, None].expand(-1, message.shape[1], 1))
-        message = emit(message, token_lp.squeeze(-1))
+        """Condition messages (B, ..., R) on tokens (B, ...) at position k; returns the messages before k + 1."""
+        log_emit = self.log_emit[:, :, k]  # (B, R, V)
+        index = tokens.reshape(tokens.shape[0], 1, -1).expand(-1, log_emit.shape[1], -1)  # (B, R, F)
+        token_lp = log_emit.gather(-1, index).transpose(1, 2).reshape(message.shape)
+        message = emit(message, token_lp)
         if self.log_trans is not None and k < self.horizon - 1:
-            message = transition(message, self.log_trans[:, k])
+            message = transition(message, self._per_prefix(self.log_trans[:, k], message))
         return message
+
+    @staticmethod
+    def _per_prefix(x: torch.Tensor, message: torch.Tensor) -> torch.Tensor:
+        """View a per-row tensor (B, R, ...) as (B, 1.., R, ...) to broadcast against messages (B, ..., R)."""
+        return x.view(x.shape[0], *([1] * (message.dim() - 2)), *x.shape[1:])
 
     def draft(
         self,

@@ -35,11 +35,11 @@ def transition(message: torch.Tensor, log_trans: torch.Tensor | None) -> torch.T
     """Move a message to the next position.
 
     Args:
-        message: (B, R) forward log-message after an emission.
-        log_trans: (B, R, R) row-normalised log transition matrix (from-state, to-state), or None for
-            the identity (mixture of products).
+        message: (B, R) forward log-message after an emission, or (B, ..., R).
+        log_trans: (B, R, R) row-normalised log transition matrix (from-state, to-state), broadcastable
+            as (B, ..., R, R) against the message; or None for the identity (mixture of products).
     Returns:
-        (B, R) message for the next position.
+        (B, R) (or (B, ..., R)) message for the next position.
     """
     if log_trans is None:
         return message
@@ -74,10 +74,11 @@ def conditional_log_probs(message: torch.Tensor, log_emit: torch.Tensor) -> torc
     """Distribution of the next token given the observed prefix.
 
     Args:
-        message: (B, R) forward log-message before position k.
-        log_emit: (B, R, V) log emission distributions at position k.
+        message: (B, R) forward log-message before position k, or (B, ..., R) for several prefixes.
+        log_emit: (B, R, V) log emission distributions at position k, or (B, ..., R, V) broadcastable
+            against the message.
     Returns:
-        (B, V) normalised log q(y_k | y_<k).
+        (B, V) (or (B, ..., V)) normalised log q(y_k | y_<k).
     """
-    joint = torch.logsumexp(message.unsqueeze(-1) + log_emit, dim=1)
+    joint = torch.logsumexp(message.unsqueeze(-1) + log_emit, dim=-2)
     return joint - torch.logsumexp(message, dim=-1, keepdim=True)

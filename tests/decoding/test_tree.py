@@ -1,0 +1,185 @@
+"""Tree drafting: the tree is the joint's most probable prefixes, its verification is lossless, and the KV
+cache keeps exactly the accepted path."""
+
+import itertools
+
+import pytest
+import torch
+from test_generate import EOS, build, ragged_prompts
+from tiny_models import TINY_VOCAB
+from transformers import DynamicCache
+
+from tjdnet.decoding.acceptance import greedy_accept_tree
+from tjdnet.decoding.generate import _Rows
+from tjdnet.decoding.tree import DraftTree, build_draft_tree
+from tjdnet.tensorops.logspace import IGNORE_INDEX
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("head", ["multihead", "cp", "mps"])
+@pytest.mark.parametrize("batch", [1, 4])
+def test_greedy_tree_speculative_equals_ar(kind, head, batch):
+    model = build(kind, head, 4, perturb=0.1)
+    ids, mask = ragged_prompts(batch, seed=2)
+    kwargs = dict(max_new_tokens=24, eos_token_id=EOS)
+    ar = model.generate(ids, mask, gen_mode="ar", **kwargs)
+    tree = model.generate(ids, mask, gen_mode="speculative", tree_nodes=6, tree_topk=3, **kwargs)
+    assert tree.new_tokens == ar.new_tokens
+    assert torch.equal(tree.sequences, ar.sequences)
+    assert tree.stats.tau >= 1.0
+
+
+@pytest.mark.parametrize("head", ["cp", "mps"])
+def test_token_conditioned_tree_speculative_equals_ar(head):
+    model = build("llama", head, 4, perturb=0.1, token_conditioned=True)
+    ids, mask = ragged_prompts(4, seed=3)
+    ar = model.generate(ids, mask, gen_mode="ar", max_new_tokens=24, eos_token_id=EOS)
+    tree = model.generate(ids, mask, gen_mode="speculative", max_new_tokens=24, eos_token_id=EOS, tree_nodes=5)
+    assert tree.new_tokens == ar.new_tokens
+
+
+def test_trained_head_accepts_more_per_pass_with_a_tree():
+    model = build("llama", "mps", 4, rank=2, perturb=0.0)
+    ids, mask = ragged_prompts(4, seed=5)
+    target = model.generate(ids, mask, gen_mode="ar", max_new_tokens=32).sequences
+    labels = target.clone()
+    labels[:, : ids.shape[1]] = -100
+    full_mask = torch.cat([mask, torch.ones(4, 32, dtype=torch.long)], dim=1)
+    optimizer = torch.optim.Adam(model.head.parameters(), lr=3e-2)
+    for _ in range(25):  # a partly trained head: its top choice is often wrong, its top few often right
+        optimizer.zero_grad()
+        model(target, attention_mask=full_mask, labels=labels).loss.backward()
+        optimizer.step()
+    model.eval()
+    ar = model.generate(ids, mask, gen_mode="ar", max_new_tokens=32)
+    chain = model.generate(ids, mask, gen_mode="speculative", max_new_tokens=32)
+    tree = model.generate(ids, mask, gen_mode="speculative", max_new_tokens=32, tree_nodes=12, tree_topk=4)
+    assert tree.new_tokens == chain.new_tokens == ar.new_tokens
+    assert tree.stats.tau > chain.stats.tau > 1.0
+    assert tree.stats.forward_passes < chain.stats.forward_passes
+    assert tree.stats.rows[0].drafted == 12 * len(tree.stats.rows[0].accepted_lengths)
+
+
+def brute_force_prefix_scores(block, root: int, depth: int) -> dict[tuple[int, ...], float]:
+    """log q(prefix | y_1 = root) of every continuation prefix of length 1..depth, by marginalising."""
+    horizon = block.horizon
+
+    def log_p(tokens: tuple[int, ...]) -> float:
+        y = torch.full((1, horizon), IGNORE_INDEX)
+        y[0, : len(tokens)] = torch.tensor(tokens)
+        return float(block.log_prob(y)[0])
+
+    base = log_p((root,))
+    scores = {}
+    for length in range(1, depth + 1):
+        for prefix in itertools.product(range(TINY_VOCAB), repeat=length):
+            scores[prefix] = log_p((root, *prefix)) - base
+    return scores
+
+
+def paths(tree: DraftTree, row: int = 0) -> list[tuple[int, ...]]:
+    """Each node's token path from the root, in node order."""
+    out: list[tuple[int, ...]] = [()]
+    for token, parent in zip(tree.tokens[row].tolist(), tree.parents[row].tolist(), strict=True):
+        out.append((*out[parent], token))
+    return out[1:]
+
+
+@pytest.mark.parametrize("head", ["multihead", "cp", "mps"])
+def test_draft_tree_holds_the_most_probable_prefixes(head):
+    model = build("llama", head, 3, rank=3, perturb=0.5)
+    h = torch.randn(1, model.head.config.hidden_size)
+    with torch.no_grad():
+        block = model.head(h)
+        root = torch.tensor([7])
+        tree = build_draft_tree(block, root, depth=2, nodes=10, topk=10)  # beam as wide as the tree: exact
+        scores = brute_force_prefix_scores(block, 7, 2)
+    best = sorted(scores, key=scores.get, reverse=True)[:10]
+    assert paths(tree) == best  # best first, parents before children
+    assert tree.depths[0].tolist() == [len(p) for p in best]
+    assert all(p < i + 1 for i, p in enumerate(tree.parents[0].tolist()))
+
+
+def test_narrow_beam_tree_is_closed_under_parents_with_distinct_children():
+    model = build("llama", "mps", 4, rank=2, perturb=1.0)
+    h = torch.randn(3, 32)
+    with torch.no_grad():
+        tree = build_draft_tree(model.head(h), torch.tensor([4, 5, 6]), depth=3, nodes=9, topk=2)
+    assert tree.tokens.shape == (3, 9)
+    for row in range(3):
+        parents = tree.parents[row].tolist()
+        depths = [0, *tree.depths[row].tolist()]
+        for i, p in enumerate(parents, start=1):
+            assert p < i and depths[i] == depths[p] + 1
+        siblings = [(p, t) for p, t in zip(parents, tree.tokens[row].tolist(), strict=True)]
+        assert len(set(siblings)) == len(siblings)
+
+
+def test_ancestors_of_a_hand_built_tree():
+    # root 0 -> 1 -> 3, root 0 -> 2 -> 4 -> 5
+    tree = DraftTree(
+        tokens=torch.tensor([[10, 11, 12, 13, 14]]),
+        parents=torch.tensor([[0, 0, 1, 2, 4]]),
+        depths=torch.tensor([[1, 1, 2, 2, 3]]),
+    )
+    expected = {0: {0}, 1: {0, 1}, 2: {0, 2}, 3: {0, 1, 3}, 4: {0, 2, 4}, 5: {0, 2, 4, 5}}
+    got = tree.ancestors()[0]
+    for i, ancestors in expected.items():
+        assert set(got[i].nonzero().flatten().tolist()) == ancestors
+
+
+def test_tree_acceptance_follows_the_verifier_argmax():
+    tree_tokens = torch.tensor([[10, 11, 12, 13, 14]])
+    parents = torch.tensor([[0, 0, 1, 2, 4]])
+    log_p = torch.full((1, 6, 20), -10.0)
+    for node, choice in enumerate([11, 3, 13, 3, 14, 9]):  # root -> 2 (11) -> 4 (13) -> 5 (14), then 9
+        log_p[0, node, choice] = 0.0
+    path, n, nxt = greedy_accept_tree(tree_tokens, parents, log_p, depth=3)
+    assert path[0].tolist() == [0, 2, 4, 5] and n.tolist() == [3] and nxt.tolist() == [9]
+    log_p[0, 4, 13], log_p[0, 4, 5] = -10.0, 0.0  # node 4 now wants 5: no child carries it
+    path, n, nxt = greedy_accept_tree(tree_tokens, parents, log_p, depth=3)
+    assert path[0, :3].tolist() == [0, 2, 4] and n.tolist() == [2] and nxt.tolist() == [5]
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_kv_cache_after_a_tree_step_holds_only_the_accepted_path(kind):
+    model = build(kind)
+    prompt = torch.randint(3, TINY_VOCAB, (2, 6))
+    tree = DraftTree(
+        tokens=torch.randint(3, TINY_VOCAB, (2, 5)),
+        parents=torch.tensor([[0, 0, 1, 2, 4], [0, 1, 1, 3, 3]]),
+        depths=torch.tensor([[1, 1, 2, 2, 3], [1, 2, 2, 3, 3]]),
+    )
+    root = torch.randint(3, TINY_VOCAB, (2, 1))
+    path = torch.tensor([[0, 2, 4, 5], [0, 1, 1, 1]])  # row 0 keeps root, 2, 4, 5; row 1 keeps root, 1
+    kept = torch.tensor([4, 2])
+    nxt = torch.randint(3, TINY_VOCAB, (2, 1))
+    with torch.no_grad():
+        rows = _Rows([DynamicCache(config=model.lm.config)], torch.ones_like(prompt), torch.tensor([6, 6]))
+        model.hidden_states(prompt, cache=rows.caches[0])
+        mask, positions = rows.tree_inputs(tree, torch.float32)
+        model.hidden_states(torch.cat([root, tree.tokens], 1), mask, positions, rows.caches[0])
+        rows.keep_path(6, path, kept)
+        assert rows.next_pos.tolist() == [10, 8]
+        mask, positions = rows.feed_inputs(1)
+        got = model.hidden_states(nxt, mask, positions, rows.caches[0])[:, -1]
+        for b in range(2):
+            accepted = [tree.tokens[b, i - 1] for i in path[b, 1 : kept[b]].tolist()]
+            sequence = torch.cat([prompt[b], root[b], torch.stack(accepted) if accepted else root[b, :0], nxt[b]])
+            alone = model.hidden_states(sequence[None])[:, -1]
+            torch.testing.assert_close(got[b], alone[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(gen_mode="speculative", tree_nodes=-1), "tree_nodes=-1"),
+        (dict(gen_mode="speculative", tree_nodes=4, tree_topk=0), "tree_topk=0"),
+        (dict(gen_mode="ar", tree_nodes=4), "gen_mode='speculative' only"),
+        (dict(gen_mode="speculative", tree_nodes=4, do_sample=True), "verifies greedily"),
+    ],
+)
+def test_bad_tree_arguments(kwargs, match):
+    model = build("llama")
+    with pytest.raises(ValueError, match=match):
+        model.generate(torch.randint(3, TINY_VOCAB, (1, 4)), max_new_tokens=4, **kwargs)
