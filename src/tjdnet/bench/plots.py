@@ -19,7 +19,7 @@ from jsonargparse import ArgumentParser  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-MEASURED_MODE = "speculative"
+MEASURED_MODES = ("speculative", "speculative_tree")  # chain and tree drafts, one line each
 
 
 def _head_key(payload: dict) -> tuple[str, int, int]:
@@ -44,16 +44,19 @@ def _run_tag(payload: dict, payloads: list[dict]) -> str:
     return tag
 
 
-def plot_speedup_tau(payloads: list[dict], path: str | Path, mode: str = MEASURED_MODE) -> Path:
-    """Speedup over ``ar`` and tau of ``mode`` versus horizon, one line per (head, rank[, batch size])."""
+def plot_speedup_tau(payloads: list[dict], path: str | Path, modes: tuple[str, ...] = MEASURED_MODES) -> Path:
+    """Speedup over ``ar`` and tau of each of ``modes`` versus horizon, one line per (head, rank[, batch size],
+    mode)."""
     lines: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
     for payload in payloads:
-        result = payload["results"].get(mode)
-        if result is None:
-            continue
         head, rank, horizon = _head_key(payload)
-        label = f"{head} R={rank}{_run_tag(payload, payloads)}"
-        lines[label].append((horizon, result.get("speedup_vs_ar") or float("nan"), result["tau"]))
+        for mode in modes:
+            result = payload["results"].get(mode)
+            if result is None:
+                continue
+            suffix = " tree" if mode == "speculative_tree" else ""
+            label = f"{head} R={rank}{_run_tag(payload, payloads)}{suffix}"
+            lines[label].append((horizon, result.get("speedup_vs_ar") or float("nan"), result["tau"]))
     fig, (ax_speed, ax_tau) = plt.subplots(1, 2, figsize=(10, 4))
     for label, points in sorted(lines.items()):
         points.sort()
@@ -61,8 +64,8 @@ def plot_speedup_tau(payloads: list[dict], path: str | Path, mode: str = MEASURE
         ax_speed.plot(xs, [p[1] for p in points], marker="o", label=label)
         ax_tau.plot(xs, [p[2] for p in points], marker="o", label=label)
     ax_speed.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
-    ax_speed.set(xlabel="horizon H", ylabel="speedup vs ar (decode tok/s)", title=f"{mode}: wall-clock speedup")
-    ax_tau.set(xlabel="horizon H", ylabel="tau (tokens / forward pass)", title=f"{mode}: tau")
+    ax_speed.set(xlabel="horizon H", ylabel="speedup vs ar (decode tok/s)", title="speculative: wall-clock speedup")
+    ax_tau.set(xlabel="horizon H", ylabel="tau (tokens / forward pass)", title="speculative: tau")
     for ax in (ax_speed, ax_tau):
         ax.grid(alpha=0.3)
     if lines:  # one legend, beside the plots, so it never hides a point
@@ -73,7 +76,14 @@ def plot_speedup_tau(payloads: list[dict], path: str | Path, mode: str = MEASURE
 def plot_accuracy_vs_speed(payloads: list[dict], path: str | Path) -> Path:
     """Accuracy versus decode tokens/s for every mode of every result (the draft-vs-lossless Pareto view)."""
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    markers = {"ar": "s", "speculative": "o", "draft": "^", "hf_generate": "D", "prompt_lookup": "v"}
+    markers = {
+        "ar": "s",
+        "speculative": "o",
+        "speculative_tree": "P",
+        "draft": "^",
+        "hf_generate": "D",
+        "prompt_lookup": "v",
+    }
     colors = {mode: f"C{i}" for i, mode in enumerate(markers)}
     seen = set()
     for payload in payloads:
@@ -86,7 +96,7 @@ def plot_accuracy_vs_speed(payloads: list[dict], path: str | Path) -> Path:
             style = {"marker": markers.get(mode, "x"), "color": colors.get(mode, "C9")}
             ax.scatter(speed, accuracy, label=None if mode in seen else mode, **style)
             seen.add(mode)
-            if mode in ("draft", "speculative"):
+            if mode in ("draft", *MEASURED_MODES):
                 ax.annotate(f"{head} R{rank} H{horizon}{tag}", (speed, accuracy), fontsize=7, alpha=0.7)
     ax.set(xlabel="decode tokens/s", ylabel="accuracy", title="accuracy vs speed")
     ax.grid(alpha=0.3)

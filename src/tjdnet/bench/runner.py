@@ -27,7 +27,16 @@ from jsonargparse import ArgumentParser
 from transformers import GenerationConfig
 
 from tjdnet.data import DATASETS, is_correct, load_examples
-from tjdnet.decoding import GEN_MODES, GenerationOutput, GenerationStats, RowStats
+from tjdnet.decoding import (
+    DEFAULT_TREE_NODES,
+    DEFAULT_TREE_TOPK,
+    NAMED_MODES,
+    TREE_MODE,
+    GenerationOutput,
+    GenerationStats,
+    RowStats,
+    mode_arguments,
+)
 from tjdnet.evaluation import ModeResult, format_table, prompt_batches
 from tjdnet.machine import machine_info
 from tjdnet.training.test import write_json
@@ -35,9 +44,9 @@ from tjdnet.training.test import write_json
 logger = logging.getLogger(__name__)
 
 HF_MODES = ("hf_generate", "prompt_lookup")
-BENCH_MODES = (*GEN_MODES, *HF_MODES)
+BENCH_MODES = (*NAMED_MODES, *HF_MODES)
 BASELINES = ("ar", "hf_generate")
-HEAD_MODES = ("draft", "speculative")  # need a trained joint head
+HEAD_MODES = ("draft", "speculative", TREE_MODE)  # need a trained joint head
 PROMPT_LOOKUP_TOKENS = 10
 TABLE_COLUMNS = (
     "tau",
@@ -165,6 +174,8 @@ def bench_modes(
     warmup: int = 3,
     horizon: int | None = None,
     scored: bool = True,
+    tree_nodes: int = DEFAULT_TREE_NODES,
+    tree_topk: int = DEFAULT_TREE_TOPK,
 ) -> tuple[dict[str, dict], dict[str, str]]:
     """Time every mode on every prompt batch, ``repeats`` times, interleaved; summarise per mode.
 
@@ -183,7 +194,7 @@ def bench_modes(
     generators: dict[str, Generator] = {
         m: hf_generator(model, eos, pad, max_new_tokens, m == "prompt_lookup")
         if m in HF_MODES
-        else partial(ours, gen_mode=m)
+        else partial(ours, **mode_arguments(m, tree_nodes, tree_topk))
         for m in modes
     }
     summaries = bench_generators(generators, model.backbone, tokenizer, examples, batch_size, repeats, warmup, scored)
@@ -330,6 +341,8 @@ def run_bench(
     num_threads: int | None = None,
     horizon: int | None = None,
     seed: int = 0,
+    tree_nodes: int = DEFAULT_TREE_NODES,
+    tree_topk: int = DEFAULT_TREE_TOPK,
 ) -> dict:
     """Benchmark decoding modes on ``num_prompts`` test prompts of a dataset; returns the JSON payload."""
     args = dict(locals())
@@ -365,6 +378,8 @@ def run_bench(
         warmup,
         horizon,
         scored=DATASETS[dataset].scored,
+        tree_nodes=tree_nodes,
+        tree_topk=tree_topk,
     )
     payload = {
         **description,
@@ -411,6 +426,8 @@ def run_bench_cli(args: list[str]) -> dict:
     parser.add_argument("--dtype", type=str | None, default=None, help="float32 or bfloat16 (default: as trained)")
     parser.add_argument("--num_threads", type=int | None, default=None)
     parser.add_argument("--horizon", type=int | None, default=None, help="block length (default: the head's)")
+    parser.add_argument("--tree_nodes", type=int, default=DEFAULT_TREE_NODES, help="draft tree size (speculative_tree)")
+    parser.add_argument("--tree_topk", type=int, default=DEFAULT_TREE_TOPK, help="prefixes expanded per tree depth")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data.dataset", type=str, default="stemp")
     parser.add_argument("--data.path", type=str | None, default=None)
@@ -431,4 +448,6 @@ def run_bench_cli(args: list[str]) -> dict:
         num_threads=cfg.num_threads,
         horizon=cfg.horizon,
         seed=cfg.seed,
+        tree_nodes=cfg.tree_nodes,
+        tree_topk=cfg.tree_topk,
     )

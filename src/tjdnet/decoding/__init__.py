@@ -1,6 +1,18 @@
-"""KV-cached decoding: plain, draft and lossless self-speculative generation."""
+"""KV-cached decoding: plain, draft and lossless self-speculative generation (chain or tree drafts)."""
 
-from tjdnet.decoding.generate import GEN_MODES, GenerationOutput, generate
+from tjdnet.decoding.generate import GEN_MODES, NAMED_MODES, TREE_MODE, GenerationOutput, generate, mode_arguments
 from tjdnet.decoding.stats import GenerationStats, RowStats
+from tjdnet.decoding.tree import DEFAULT_TREE_NODES, DEFAULT_TREE_TOPK
 
-__all__ = ["GEN_MODES", "GenerationOutput", "GenerationStats", "RowStats", "generate"]
+__all__ = [
+    "DEFAULT_TREE_NODES",
+    "DEFAULT_TREE_TOPK",
+    "GEN_MODES",
+    "NAMED_MODES",
+    "TREE_MODE",
+    "GenerationOutput",
+    "GenerationStats",
+    "RowStats",
+    "generate",
+    "mode_arguments",
+]

@@ -16,10 +16,22 @@ from transformers import DynamicCache
 
 from tjdnet.decoding.acceptance import greedy_accept, greedy_accept_tree, speculative_accept
 from tjdnet.decoding.stats import GenerationStats, RowStats
-from tjdnet.decoding.tree import DraftTree, build_draft_tree, tree_attention_mask
+from tjdnet.decoding.tree import DEFAULT_TREE_NODES, DEFAULT_TREE_TOPK, DraftTree, build_draft_tree, tree_attention_mask
 from tjdnet.sampling import SamplingConfig, choose_tokens, process_log_probs
 
 GEN_MODES = ("ar", "draft", "speculative")
+TREE_MODE = "speculative_tree"
+NAMED_MODES = (*GEN_MODES, TREE_MODE)
+
+
+def mode_arguments(mode: str, tree_nodes: int = DEFAULT_TREE_NODES, tree_topk: int = DEFAULT_TREE_TOPK) -> dict:
+    """:func:`generate` keyword arguments of a named mode: a ``gen_mode``, or ``speculative_tree``
+    (``speculative`` verifying a draft tree of ``tree_nodes`` nodes)."""
+    if mode not in NAMED_MODES:
+        raise ValueError(f"unknown gen_mode {mode!r}; allowed: {', '.join(NAMED_MODES)}")
+    if mode == TREE_MODE:
+        return {"gen_mode": "speculative", "tree_nodes": tree_nodes, "tree_topk": tree_topk}
+    return {"gen_mode": mode}
 
 
 @dataclass
@@ -166,7 +178,7 @@ def generate(
     verify_with_base: bool = False,
     generator: torch.Generator | None = None,
     tree_nodes: int = 0,
-    tree_topk: int = 4,
+    tree_topk: int = DEFAULT_TREE_TOPK,
 ) -> GenerationOutput:
     """Generate up to ``max_new_tokens`` per row (transformers meaning for every shared argument).
 

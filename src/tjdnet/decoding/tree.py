@@ -22,6 +22,9 @@ import torch
 
 from tjdnet.heads.block import BlockDistribution
 
+DEFAULT_TREE_NODES = 16
+DEFAULT_TREE_TOPK = 4
+
 
 @dataclass
 class DraftTree:

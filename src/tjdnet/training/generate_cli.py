@@ -7,6 +7,7 @@ from jsonargparse import ArgumentParser
 from transformers import TextStreamer
 
 from tjdnet.data import Example, encode_prompt
+from tjdnet.decoding import DEFAULT_TREE_NODES, DEFAULT_TREE_TOPK, NAMED_MODES, mode_arguments
 
 
 def run_generate_cli(args: list[str]):
@@ -14,17 +15,20 @@ def run_generate_cli(args: list[str]):
     parser.add_argument("--prompt", type=str, required=True)
     parser.add_argument("--ckpt_path", type=str | None, default=None, help="a run's checkpoint (joint head)")
     parser.add_argument("--model", type=str, default="smollm2-135m", help="base model when no checkpoint is given")
-    parser.add_argument("--gen_mode", type=str, default="speculative", help="ar, draft or speculative")
+    parser.add_argument("--gen_mode", type=str, default="speculative", help=", ".join(NAMED_MODES))
     parser.add_argument("--max_new_tokens", type=int, default=128)
     parser.add_argument("--do_sample", type=bool, default=False)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top_k", type=int | None, default=None)
     parser.add_argument("--top_p", type=float | None, default=None)
     parser.add_argument("--horizon", type=int | None, default=None)
+    parser.add_argument("--tree_nodes", type=int, default=DEFAULT_TREE_NODES, help="draft tree size (speculative_tree)")
+    parser.add_argument("--tree_topk", type=int, default=DEFAULT_TREE_TOPK, help="prefixes expanded per tree depth")
     parser.add_argument("--dtype", type=str | None, default=None)
     parser.add_argument("--verify_with_base", type=bool, default=False, help="LoRA: verify with the original model")
     parser.add_argument("--seed", type=int, default=0)
     cfg = parser.parse_args(args)
+    mode = mode_arguments(cfg.gen_mode, cfg.tree_nodes, cfg.tree_topk)
     if cfg.ckpt_path is not None:
         from tjdnet.training.restore import load_trained
 
@@ -41,7 +45,7 @@ def run_generate_cli(args: list[str]):
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     out = model.generate(
         ids,
-        gen_mode=cfg.gen_mode,
+        **mode,
         max_new_tokens=cfg.max_new_tokens,
         do_sample=cfg.do_sample,
         temperature=cfg.temperature,

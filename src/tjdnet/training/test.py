@@ -13,7 +13,7 @@ from pathlib import Path
 from jsonargparse import ArgumentParser
 
 from tjdnet.data import DATASETS, load_examples
-from tjdnet.decoding import GEN_MODES
+from tjdnet.decoding import DEFAULT_TREE_NODES, DEFAULT_TREE_TOPK, NAMED_MODES, mode_arguments
 from tjdnet.evaluation import compare_to, evaluate_modes, format_table
 from tjdnet.machine import machine_info
 from tjdnet.training.restore import load_trained
@@ -26,10 +26,10 @@ TABLE_COLUMNS = ("accuracy", "tau", "acceptance_rate", "tokens_per_s", "speedup_
 def parse_gen_modes(value: str | list[str]) -> list[str]:
     modes = [m.strip() for m in value.split(",")] if isinstance(value, str) else list(value)
     for mode in modes:
-        if mode not in GEN_MODES:
-            raise ValueError(f"unknown gen_mode {mode!r}; allowed: {', '.join(GEN_MODES)}")
+        if mode not in NAMED_MODES:
+            raise ValueError(f"unknown gen_mode {mode!r}; allowed: {', '.join(NAMED_MODES)}")
     if not modes:
-        raise ValueError("--gen_modes is empty; give one or more of " + ", ".join(GEN_MODES))
+        raise ValueError("--gen_modes is empty; give one or more of " + ", ".join(NAMED_MODES))
     return modes
 
 
@@ -52,6 +52,8 @@ def run_test(
     horizon: int | None = None,
     out: str | Path | None = None,
     merge_lora: bool = True,
+    tree_nodes: int = DEFAULT_TREE_NODES,
+    tree_topk: int = DEFAULT_TREE_TOPK,
 ) -> dict:
     """Evaluate a checkpoint; returns the JSON payload (also written to ``out`` or <run dir>/test_results.json)."""
     modes = parse_gen_modes(gen_modes)
@@ -76,7 +78,9 @@ def run_test(
     if merge_lora:
         model.merge_adapters()
     generate = partial(model.generate, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id)
-    generators = {mode: partial(generate, gen_mode=mode, horizon=horizon) for mode in modes}
+    generators = {
+        mode: partial(generate, horizon=horizon, **mode_arguments(mode, tree_nodes, tree_topk)) for mode in modes
+    }
     logger.info("testing %s on %d %s/%s prompts with %s", ckpt_path, len(examples), dataset, split, ", ".join(modes))
     results = evaluate_modes(generators, tokenizer, examples, batch_size, scored=DATASETS[dataset].scored)
     summaries = compare_to(results, "ar") if "ar" in results else compare_to(results, modes[0])
@@ -91,6 +95,8 @@ def run_test(
             "batch_size": batch_size,
             "dtype": dtype,
             "horizon": horizon,
+            "tree_nodes": tree_nodes,
+            "tree_topk": tree_topk,
             "data": data,
         },
         "model": dict(module.hparams),
@@ -109,12 +115,16 @@ def run_test(
 def run_test_cli(args: list[str]) -> dict:
     parser = ArgumentParser(prog="tjdnet test", description="Evaluate a checkpoint written by `tjdnet fit`.")
     parser.add_argument("--ckpt_path", type=str, required=True, help="best.ckpt or last.ckpt of a run")
-    parser.add_argument("--gen_modes", type=str, default="ar,speculative", help="comma-separated: ar,draft,speculative")
+    parser.add_argument(
+        "--gen_modes", type=str, default="ar,speculative", help="comma-separated: " + ",".join(NAMED_MODES)
+    )
     parser.add_argument("--gen_mode", type=str | None, default=None, help="a single mode (same as --gen_modes)")
     parser.add_argument("--max_new_tokens", type=int, default=128)
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--dtype", type=str | None, default=None, help="float32 or bfloat16 (default: as trained)")
     parser.add_argument("--horizon", type=int | None, default=None, help="block length (default: the head's)")
+    parser.add_argument("--tree_nodes", type=int, default=DEFAULT_TREE_NODES, help="draft tree size (speculative_tree)")
+    parser.add_argument("--tree_topk", type=int, default=DEFAULT_TREE_TOPK, help="prefixes expanded per tree depth")
     parser.add_argument("--num_threads", type=int | None, default=None)
     parser.add_argument("--out", type=str | None, default=None, help="JSON path (default: <run>/test_results.json)")
     parser.add_argument("--data.dataset", type=str | None, default=None)
@@ -135,4 +145,6 @@ def run_test_cli(args: list[str]) -> dict:
         dtype=cfg.dtype,
         horizon=cfg.horizon,
         out=cfg.out,
+        tree_nodes=cfg.tree_nodes,
+        tree_topk=cfg.tree_topk,
     )
