@@ -1,13 +1,15 @@
 """The key experiment: joint heads vs independent heads on the embedded model, trained on its own answers.
 
 1. Self-distil GSM8K-train questions with the base model (greedy, cached under ``experiments/selfdistill``,
-   the same cache ``tjdnet fit --data.dataset selfdistill`` uses).
+   the same cache ``tjdnet fit --data.dataset selfdistill`` uses); with ``--chat_prompts N``, also N chat
+   prompts the model writes itself (``tjdnet.data.synthetic``), answered the same way.
 2. Run the frozen backbone once over them and keep the answer positions (``head`` mode: every head would see
    exactly these hidden states).
 3. Train every head config on the same positions, in the same order, for the same steps
    (``tjdnet.training.head_features``); save each with ``save_pretrained`` and report its held-out NLL.
-4. Decode GSM8K dev and MT-Bench prompts with our ``ar`` and every head's ``speculative`` mode, all interleaved
-   per prompt in one process on the shared backbone (``tjdnet.bench.runner.bench_generators``); write one
+4. Decode GSM8K dev and MT-Bench prompts with our ``ar`` and every head's ``speculative`` mode (and, with
+   ``--tree_nodes N``, its ``speculative_tree`` mode), all interleaved per prompt in one process on the shared
+   backbone (``tjdnet.bench.runner.bench_generators``); write one
    ``tjdnet bench``-format JSON per head and dataset, so ``tjdnet bench-plot`` draws them.
 
     HF_HUB_OFFLINE=1 python benchmarks/key_experiment.py --gsm8k ../shared/data/gsm8k \\
@@ -27,13 +29,14 @@ import torch
 
 from tjdnet.bench.runner import bench_generators, format_bench_table
 from tjdnet.cli import experiments_dir
-from tjdnet.data import encode_example, load_examples, self_distill
+from tjdnet.data import Example, encode_example, load_examples, sample_user_prompts, self_distill
+from tjdnet.decoding import DEFAULT_TREE_TOPK, mode_arguments
+from tjdnet.files import write_json
 from tjdnet.loading import load_causal_lm
 from tjdnet.machine import machine_info
 from tjdnet.model import TJDConfig, TJDModel
 from tjdnet.training.distill import base_model_answerer
 from tjdnet.training.head_features import collect_features, evaluate_head, fit_head
-from tjdnet.training.test import write_json
 
 logger = logging.getLogger("key_experiment")
 
@@ -52,6 +55,14 @@ def parse_configs(value: str) -> list[tuple[str, int, int, bool]]:
     return configs
 
 
+def results_of(results: dict[str, dict], name: str) -> dict[str, dict]:
+    """One head's results in ``tjdnet bench`` form: ``ar``, ``speculative`` and, if run, ``speculative_tree``."""
+    out = {"ar": results["ar"], "speculative": results[name]}
+    if f"{name}/tree" in results:
+        out["speculative_tree"] = results[f"{name}/tree"]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
@@ -59,6 +70,7 @@ def main() -> None:
     parser.add_argument("--mt_bench", required=True, help="MT-Bench question.jsonl or its directory")
     parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="head:rank:horizon, comma-separated")
     parser.add_argument("--train_questions", type=int, default=64)
+    parser.add_argument("--chat_prompts", type=int, default=0, help="self-written chat prompts added to the data")
     parser.add_argument("--distill_max_new_tokens", type=int, default=128)
     parser.add_argument("--distill_batch_size", type=int, default=8)
     parser.add_argument("--seq_len", type=int, default=512)
@@ -70,6 +82,8 @@ def main() -> None:
     parser.add_argument("--num_prompts", type=int, default=8, help="per benchmark dataset")
     parser.add_argument("--max_new_tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--tree_nodes", type=int, default=0, help="also bench speculative_tree with this tree size")
+    parser.add_argument("--tree_topk", type=int, default=DEFAULT_TREE_TOPK)
     parser.add_argument(
         "--dtype", default="float32", choices=("float32", "bfloat16"), help="of decoding (training is float32)"
     )
@@ -90,7 +104,13 @@ def main() -> None:
     questions = load_examples("gsm8k", "train", args.gsm8k, args.train_questions, args.seed)
     answer = base_model_answerer(base, tokenizer, args.distill_max_new_tokens, args.distill_batch_size)
     settings = {"model": args.model, "max_new_tokens": args.distill_max_new_tokens, "greedy": True}
-    distilled = self_distill(questions, answer, experiments_dir() / "selfdistill", args.distill_batch_size, settings)
+    cache = experiments_dir() / "selfdistill"
+    distilled = self_distill(questions, answer, cache, args.distill_batch_size, settings)
+    if args.chat_prompts:
+        prompts = sample_user_prompts(
+            base, tokenizer, args.chat_prompts, args.distill_batch_size, seed=args.seed, cache_dir=cache
+        )
+        distilled += self_distill([Example(p, None) for p in prompts], answer, cache, args.distill_batch_size, settings)
     distill_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -140,6 +160,7 @@ def main() -> None:
     description = {
         "model": args.model,
         "distilled_questions": len(distilled),
+        "chat_prompts": args.chat_prompts,
         "answer_positions": len(features),
         "train_positions": len(train),
         "held_out_positions": len(held_out),
@@ -160,6 +181,9 @@ def main() -> None:
         examples = load_examples(dataset, "test", path, args.num_prompts, args.seed)
         generators = {"ar": partial(base.generate, gen_mode="ar", **decode())}
         generators |= {n: partial(m.generate, gen_mode="speculative", **decode()) for n, m in models.items()}
+        tree = mode_arguments("speculative_tree", args.tree_nodes, args.tree_topk)
+        if args.tree_nodes:
+            generators |= {f"{n}/tree": partial(m.generate, **tree, **decode()) for n, m in models.items()}
         with torch.inference_mode():
             results = bench_generators(
                 generators, base.backbone, tokenizer, examples, 1, args.repeats, args.warmup, dataset == "gsm8k"
@@ -175,11 +199,11 @@ def main() -> None:
                 "dataset": dataset,
                 "split": "test",
                 "num_prompts": len(examples),
-                "args": {**vars(args), "batch_size": 1, "gen_modes": ["ar", "speculative"]},
+                "args": {**vars(args), "batch_size": 1, "gen_modes": list(results_of(results, name))},
                 "dtype": args.dtype,
                 "machine": machine_info(),
                 "training": info,
-                "results": {"ar": results["ar"], "speculative": results[name]},
+                "results": results_of(results, name),
                 "skipped": {},
             }
             write_json(out_dir / f"{dataset}_{name}.json", payload)

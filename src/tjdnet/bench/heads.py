@@ -29,6 +29,7 @@ import torch
 from jsonargparse import ArgumentParser
 from torch import nn
 
+from tjdnet.files import write_json
 from tjdnet.heads import HEADS, HeadConfig, make_head, validate_head_config
 from tjdnet.heads.base import DEFAULT_LOSS_CHUNK_ELEMENTS
 from tjdnet.machine import machine_info
@@ -198,8 +199,6 @@ def run_bench_heads(
         isolate: one child process per configuration (the memory figures need it; tests may skip it).
     """
     args = dict(locals())
-    from tjdnet.training.test import write_json  # Lightning: not needed by the child processes
-
     head_names = [h.strip() for h in heads.split(",") if h.strip()] if isinstance(heads, str) else list(heads)
     for name, value in (("vocab", vocab), ("hidden", hidden), ("hidden_dim", hidden_dim), ("batch", batch),
                         ("seq_len", seq_len), ("iters", iters), ("backbone_params", backbone_params)):  # fmt: skip

@@ -38,8 +38,8 @@ from tjdnet.decoding import (
     mode_arguments,
 )
 from tjdnet.evaluation import ModeResult, format_table, prompt_batches
+from tjdnet.files import write_json
 from tjdnet.machine import machine_info
-from tjdnet.training.test import write_json
 
 logger = logging.getLogger(__name__)
 

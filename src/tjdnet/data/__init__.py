@@ -9,6 +9,7 @@ from tjdnet.data.examples import Conversation, Example
 from tjdnet.data.formatting import IGNORE_INDEX, format_prompt, format_target
 from tjdnet.data.registry import DATASETS, DatasetSpec, load_examples
 from tjdnet.data.selfdistill import self_distill
+from tjdnet.data.synthetic import sample_user_prompts, user_turn_prefix
 
 __all__ = [
     "DATASETS",
@@ -24,5 +25,7 @@ __all__ = [
     "is_correct",
     "load_examples",
     "parse_answer",
+    "sample_user_prompts",
     "self_distill",
+    "user_turn_prefix",
 ]

@@ -3,10 +3,7 @@ tokens/s and speedup over ``ar`` — as a table on the terminal and as JSON in t
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -15,6 +12,7 @@ from jsonargparse import ArgumentParser
 from tjdnet.data import DATASETS, load_examples
 from tjdnet.decoding import DEFAULT_TREE_NODES, DEFAULT_TREE_TOPK, NAMED_MODES, mode_arguments
 from tjdnet.evaluation import compare_to, evaluate_modes, format_table
+from tjdnet.files import write_json
 from tjdnet.machine import machine_info
 from tjdnet.training.restore import load_trained
 
@@ -31,15 +29,6 @@ def parse_gen_modes(value: str | list[str]) -> list[str]:
     if not modes:
         raise ValueError("--gen_modes is empty; give one or more of " + ", ".join(NAMED_MODES))
     return modes
-
-
-def write_json(path: Path, payload: dict) -> None:
-    """Write JSON atomically (temporary file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2, default=str)
-    os.replace(tmp, path)
 
 
 def run_test(
