@@ -1,8 +1,9 @@
 """Decoding cost on the embedded model: our `ar` vs transformers `generate`, and the cost of one cached
-forward pass over k = 1..9 new tokens relative to k = 1 (the bound on any speedup on this machine).
+forward pass over k new tokens relative to k = 1 (the bound on any speedup on this machine; a draft tree of
+N nodes costs about k = N + 1).
 
     python benchmarks/forward_cost.py [--model smollm2-135m] [--dtype float32] [--threads 2] [--repeats 5]
-        [--linear_kernel {onednn,default}]
+        [--linear_kernel {onednn,default}] [--ks 1,2,3,4,5,6,7,8,9]
 
 ``--linear_kernel default`` undoes tjdnet's oneDNN linear layers (tjdnet.kernels) to show what they change.
 """
@@ -25,7 +26,7 @@ from tjdnet.model import TJDModel
 PROMPT = "Explain how a transformer language model generates text, step by step, in detail."
 
 
-def forward_cost(model: TJDModel, context: int, ks: range, repeats: int) -> dict[int, float]:
+def forward_cost(model: TJDModel, context: int, ks: list[int], repeats: int) -> dict[int, float]:
     """Median seconds of one cached forward over k new tokens after a `context`-token prefix."""
     ids = torch.randint(100, 1000, (1, context + max(ks)))
     times: dict[int, list[float]] = {k: [] for k in ks}
@@ -67,6 +68,7 @@ def main() -> None:
     parser.add_argument("--new_tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--linear_kernel", choices=("onednn", "default"), default="onednn")
+    parser.add_argument("--ks", default="1,2,3,4,5,6,7,8,9", help="new-token counts to time (1 is always timed)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, tokenizer = TJDModel.from_base(args.model, dtype=args.dtype, head="stp", horizon=1, rank=1)
@@ -75,7 +77,8 @@ def main() -> None:
         use_onednn_linears(model, enabled=False)
     decode_speed(model, tokenizer, 8, 1)  # warm-up
     speed = decode_speed(model, tokenizer, args.new_tokens, args.repeats)
-    cost = forward_cost(model, args.context, range(1, 10), args.repeats)
+    ks = sorted({1, *(int(k) for k in args.ks.split(","))})
+    cost = forward_cost(model, args.context, ks, args.repeats)
     relative = {k: v / cost[1] for k, v in cost.items()}
     print(f"greedy, batch 1, {args.new_tokens} new tokens, {args.dtype}, {args.threads} threads, {args.linear_kernel}")
     print(f"  ours ar: {speed['ar']:.1f} tok/s   transformers generate: {speed['hf_generate']:.1f} tok/s")
