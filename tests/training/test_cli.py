@@ -71,19 +71,20 @@ def test_fit_resume_test_generate(model_dir, experiments, capsys):
     assert global_step(run_dir / "last.ckpt") == 4
 
     code, out, err = run(
-        ["test", "--ckpt_path", str(run_dir / "best.ckpt"), "--gen_modes", "ar,speculative,draft",
-         "--data.max_num_samples", "3", "--max_new_tokens", "12"],
+        ["test", "--ckpt_path", str(run_dir / "best.ckpt"), "--gen_modes", "ar,speculative,draft,speculative_tree",
+         "--tree_nodes", "5", "--data.max_num_samples", "3", "--max_new_tokens", "12"],
         capsys,
     )  # fmt: skip
     assert code == 0, err
     assert "speedup_vs_ar" in out
     payload = json.loads((run_dir / "test_results.json").read_text())
-    for mode in ("ar", "speculative", "draft"):
+    for mode in ("ar", "speculative", "draft", "speculative_tree"):
         result = payload["results"][mode]
         for field in ("accuracy", "tau", "tokens_per_s", "speedup_vs_ar", "identical_to_ar", "acceptance_rate",
                       "per_position_acceptance", "forward_passes", "new_tokens"):  # fmt: skip
             assert field in result, (mode, field)
     assert payload["results"]["speculative"]["identical_to_ar"] == 1.0
+    assert payload["results"]["speculative_tree"]["identical_to_ar"] == 1.0 and payload["args"]["tree_nodes"] == 5
     assert payload["results"]["ar"]["tau"] == 1.0
     assert payload["num_prompts"] == 3 and payload["machine"]["torch"]
 
@@ -94,6 +95,14 @@ def test_fit_resume_test_generate(model_dir, experiments, capsys):
     )  # fmt: skip
     assert code == 0, err
     assert "[speculative] 6 tokens" in out
+
+    code, out, err = run(
+        ["generate", "--ckpt_path", str(run_dir / "best.ckpt"), "--prompt", "What is 3°C in Fahrenheit?",
+         "--max_new_tokens", "6", "--gen_mode", "speculative_tree", "--tree_nodes", "4"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "[speculative_tree] 6 tokens" in out
 
 
 def test_truncated_checkpoint_is_a_clear_error(model_dir, experiments, capsys):
