@@ -42,6 +42,20 @@ def ragged_prompts(batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tenso
     return ids, mask
 
 
+def fit_on_own_continuations(model: TJDModel, ids, mask, new_tokens: int, steps: int) -> None:
+    """Train the head for ``steps`` Adam steps on the model's own greedy continuations of the prompts."""
+    target = model.generate(ids, mask, gen_mode="ar", max_new_tokens=new_tokens).sequences
+    labels = target.clone()
+    labels[:, : ids.shape[1]] = -100
+    full_mask = torch.cat([mask, torch.ones(ids.shape[0], new_tokens, dtype=torch.long)], dim=1)
+    optimizer = torch.optim.Adam(model.head.parameters(), lr=3e-2)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model(target, attention_mask=full_mask, labels=labels).loss.backward()
+        optimizer.step()
+    model.eval()
+
+
 def hf_new_tokens(lm, ids, mask, max_new_tokens) -> list[list[int]]:
     out = lm.generate(
         input_ids=ids,
@@ -120,16 +134,7 @@ def test_high_acceptance_head_gives_tau_above_one_and_exact_output(token_conditi
     # Fit a cp head on the model's own greedy continuations for a few steps: acceptance rises.
     model = build("llama", "cp", 3, rank=2, perturb=0.0, token_conditioned=token_conditioned)
     ids, mask = ragged_prompts(4, seed=5)
-    target = model.generate(ids, mask, gen_mode="ar", max_new_tokens=24).sequences
-    optimizer = torch.optim.Adam(model.head.parameters(), lr=3e-2)
-    labels = target.clone()
-    labels[:, : ids.shape[1]] = -100
-    full_mask = torch.cat([mask, torch.ones(4, 24, dtype=torch.long)], dim=1)
-    for _ in range(60):
-        optimizer.zero_grad()
-        model(target, attention_mask=full_mask, labels=labels).loss.backward()
-        optimizer.step()
-    model.eval()
+    fit_on_own_continuations(model, ids, mask, 24, steps=60)
     ar = model.generate(ids, mask, gen_mode="ar", max_new_tokens=24)
     spec = model.generate(ids, mask, gen_mode="speculative", max_new_tokens=24)
     assert spec.new_tokens == ar.new_tokens

@@ -5,7 +5,7 @@ import itertools
 
 import pytest
 import torch
-from test_generate import EOS, build, ragged_prompts
+from test_generate import EOS, build, fit_on_own_continuations, ragged_prompts
 from tiny_models import TINY_VOCAB
 from transformers import DynamicCache
 
@@ -41,16 +41,7 @@ def test_token_conditioned_tree_speculative_equals_ar(head):
 def test_trained_head_accepts_more_per_pass_with_a_tree():
     model = build("llama", "mps", 4, rank=2, perturb=0.0)
     ids, mask = ragged_prompts(4, seed=5)
-    target = model.generate(ids, mask, gen_mode="ar", max_new_tokens=32).sequences
-    labels = target.clone()
-    labels[:, : ids.shape[1]] = -100
-    full_mask = torch.cat([mask, torch.ones(4, 32, dtype=torch.long)], dim=1)
-    optimizer = torch.optim.Adam(model.head.parameters(), lr=3e-2)
-    for _ in range(25):  # a partly trained head: its top choice is often wrong, its top few often right
-        optimizer.zero_grad()
-        model(target, attention_mask=full_mask, labels=labels).loss.backward()
-        optimizer.step()
-    model.eval()
+    fit_on_own_continuations(model, ids, mask, 32, steps=25)  # partly trained: top choice often wrong, top few right
     ar = model.generate(ids, mask, gen_mode="ar", max_new_tokens=32)
     chain = model.generate(ids, mask, gen_mode="speculative", max_new_tokens=32)
     tree = model.generate(ids, mask, gen_mode="speculative", max_new_tokens=32, tree_nodes=12, tree_topk=4)

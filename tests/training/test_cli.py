@@ -88,21 +88,14 @@ def test_fit_resume_test_generate(model_dir, experiments, capsys):
     assert payload["results"]["ar"]["tau"] == 1.0
     assert payload["num_prompts"] == 3 and payload["machine"]["torch"]
 
-    code, out, err = run(
-        ["generate", "--ckpt_path", str(run_dir / "best.ckpt"), "--prompt", "What is 3°C in Fahrenheit?",
-         "--max_new_tokens", "6"],
-        capsys,
-    )  # fmt: skip
-    assert code == 0, err
-    assert "[speculative] 6 tokens" in out
-
-    code, out, err = run(
-        ["generate", "--ckpt_path", str(run_dir / "best.ckpt"), "--prompt", "What is 3°C in Fahrenheit?",
-         "--max_new_tokens", "6", "--gen_mode", "speculative_tree", "--tree_nodes", "4"],
-        capsys,
-    )  # fmt: skip
-    assert code == 0, err
-    assert "[speculative_tree] 6 tokens" in out
+    for mode in ("speculative", "speculative_tree"):
+        code, out, err = run(
+            ["generate", "--ckpt_path", str(run_dir / "best.ckpt"), "--prompt", "What is 3°C in Fahrenheit?",
+             "--max_new_tokens", "6", "--gen_mode", mode, "--tree_nodes", "4"],
+            capsys,
+        )  # fmt: skip
+        assert code == 0, err
+        assert f"[{mode}] 6 tokens" in out
 
 
 def test_truncated_checkpoint_is_a_clear_error(model_dir, experiments, capsys):
