@@ -17,6 +17,7 @@ def write_json(path: str | Path, payload: Any) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(payload, f, indent=2, default=str, ensure_ascii=False)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are as readable as any other file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
