@@ -220,7 +220,8 @@ def test_ragged_rejections_are_masked_per_row():
             torch.testing.assert_close(got[b], alone[0], atol=1e-5, rtol=1e-5)
 
 
-def test_lora_verify_with_base_reproduces_the_original_model():
+@pytest.mark.parametrize("tree_nodes", [0, 5])
+def test_lora_verify_with_base_reproduces_the_original_model(tree_nodes):
     lm = make_tiny_lm("llama")
     model = TJDModel(lm, TJDConfig(base_model="unused", head="cp", horizon=3, rank=2, hidden_dim=8, train_mode="lora"))
     with torch.no_grad():
@@ -229,7 +230,9 @@ def test_lora_verify_with_base_reproduces_the_original_model():
                 p.normal_(std=0.5)
     ids, mask = ragged_prompts(2)
     base = build("llama", "stp", 1).generate(ids, mask, gen_mode="ar", max_new_tokens=16)
-    out = model.generate(ids, mask, gen_mode="speculative", max_new_tokens=16, verify_with_base=True)
+    out = model.generate(
+        ids, mask, gen_mode="speculative", max_new_tokens=16, verify_with_base=True, tree_nodes=tree_nodes
+    )
     tuned = model.generate(ids, mask, gen_mode="ar", max_new_tokens=16)
     assert out.new_tokens == base.new_tokens
     assert tuned.new_tokens != base.new_tokens
