@@ -332,7 +332,7 @@ def run_bench(
     data_path: str | None = None,
     num_prompts: int = 20,
     max_new_tokens: int = 128,
-    gen_modes: str | Sequence[str] = "ar,hf_generate,speculative",
+    gen_modes: str | Sequence[str] = "ar,hf_generate,speculative,speculative_tree",
     batch_size: int = 1,
     repeats: int = 3,
     warmup: int = 3,
@@ -416,7 +416,9 @@ def run_bench_cli(args: list[str]) -> dict:
         help="best.ckpt / last.ckpt of a run, or a save_pretrained directory",
     )
     parser.add_argument("--model", type=str | None, default=None, help="a base model instead (ar and hf_* only)")
-    parser.add_argument("--gen_modes", type=str, default="ar,hf_generate,speculative", help=",".join(BENCH_MODES))
+    parser.add_argument(
+        "--gen_modes", type=str, default="ar,hf_generate,speculative,speculative_tree", help=",".join(BENCH_MODES)
+    )
     parser.add_argument("--num_prompts", type=int, default=20)
     parser.add_argument("--max_new_tokens", type=int, default=128)
     parser.add_argument("--batch_size", type=int, default=1)
