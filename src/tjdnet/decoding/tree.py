@@ -22,7 +22,7 @@ import torch
 
 from tjdnet.heads.block import BlockDistribution
 
-DEFAULT_TREE_NODES = 16
+DEFAULT_TREE_NODES = 8
 DEFAULT_TREE_TOPK = 4
 
 
