@@ -181,8 +181,8 @@ def main() -> None:
         examples = load_examples(dataset, "test", path, args.num_prompts, args.seed)
         generators = {"ar": partial(base.generate, gen_mode="ar", **decode())}
         generators |= {n: partial(m.generate, gen_mode="speculative", **decode()) for n, m in models.items()}
-        tree = mode_arguments("speculative_tree", args.tree_nodes, args.tree_topk)
         if args.tree_nodes:
+            tree = mode_arguments("speculative_tree", args.tree_nodes, args.tree_topk)
             generators |= {f"{n}/tree": partial(m.generate, **tree, **decode()) for n, m in models.items()}
         with torch.inference_mode():
             results = bench_generators(
