@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from tjdnet.attention import exact_attention_in, resolve_attention
 from tjdnet.decoding.acceptance import greedy_accept, greedy_accept_tree, speculative_accept
 from tjdnet.decoding.stats import GenerationStats, RowStats
 from tjdnet.decoding.tree import DEFAULT_TREE_NODES, DEFAULT_TREE_TOPK, DraftTree, build_draft_tree, tree_attention_mask
@@ -179,6 +180,7 @@ def generate(
     generator: torch.Generator | None = None,
     tree_nodes: int = 0,
     tree_topk: int = DEFAULT_TREE_TOPK,
+    attention: str = "auto",
 ) -> GenerationOutput:
     """Generate up to ``max_new_tokens`` per row (transformers meaning for every shared argument).
 
@@ -194,10 +196,14 @@ def generate(
         tree_nodes: ``speculative`` only: verify a tree of this many drafted tokens per pass instead of one chain
             of ``horizon - 1`` (greedy only; see :mod:`tjdnet.decoding.tree`); 0 drafts a chain.
         tree_topk: prefixes a tree expands per depth.
+        attention: ``exact`` computes attention so that a verifying pass gives each token the bits of a one-token
+            pass (:mod:`tjdnet.attention`: lossless ``speculative`` in 16-bit floats; every mode uses it, so outputs
+            compare), ``model`` keeps the model's own kernel, ``auto`` is exact for bfloat16/float16 models.
     """
     horizon = _validate(model, input_ids, attention_mask, gen_mode, max_new_tokens, horizon, streamer)
     config = SamplingConfig(do_sample, temperature, top_k, top_p)
     _validate_tree(tree_nodes, tree_topk, gen_mode, do_sample)
+    exact = resolve_attention(attention, next(model.lm.parameters()).dtype)
     if verify_with_base and not model.has_lora:
         raise ValueError("verify_with_base needs a model fine-tuned with LoRA (train_mode='lora')")
     if attention_mask is None:
@@ -227,23 +233,24 @@ def generate(
         stats.forward_passes += n_caches
         return hidden, process_log_probs(model.next_token_logits(verify_hidden), config)
 
-    start = time.perf_counter()
-    if max_new_tokens == 0:
-        return _finish(input_ids, out, stats, pad_token_id, streamer)
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-    hidden, log_p = forward(input_ids, attention_mask, positions)
-    rows.next_pos = attention_mask.long().sum(-1)
-    hidden, log_p = hidden[:, -1], log_p[:, -1]
-    stats.prefill_time_s = time.perf_counter() - start
+    with exact_attention_in(model.lm, exact):
+        start = time.perf_counter()
+        if max_new_tokens == 0:
+            return _finish(input_ids, out, stats, pad_token_id, streamer)
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        hidden, log_p = forward(input_ids, attention_mask, positions)
+        rows.next_pos = attention_mask.long().sum(-1)
+        hidden, log_p = hidden[:, -1], log_p[:, -1]
+        stats.prefill_time_s = time.perf_counter() - start
 
-    if gen_mode == "draft":
-        _draft_loop(model, rows, hidden, config, horizon, out, stats, forward, generator)
-    else:
-        draft_len = horizon - 1 if gen_mode == "speculative" else 0
-        pending = choose_tokens(log_p, config, generator)
-        _speculative_loop(
-            model, rows, hidden, pending, config, draft_len, out, stats, forward, generator, tree_nodes, tree_topk
-        )
+        if gen_mode == "draft":
+            _draft_loop(model, rows, hidden, config, horizon, out, stats, forward, generator)
+        else:
+            draft_len = horizon - 1 if gen_mode == "speculative" else 0
+            pending = choose_tokens(log_p, config, generator)
+            _speculative_loop(
+                model, rows, hidden, pending, config, draft_len, out, stats, forward, generator, tree_nodes, tree_topk
+            )
     stats.decode_time_s = time.perf_counter() - start - stats.prefill_time_s
     return _finish(input_ids, out, stats, pad_token_id, streamer)
 
