@@ -32,9 +32,11 @@ from tjdnet.cli import experiments_dir
 from tjdnet.data import Example, encode_example, load_examples, sample_user_prompts, self_distill
 from tjdnet.decoding import DEFAULT_TREE_TOPK, mode_arguments
 from tjdnet.files import write_json
+from tjdnet.heads.vocab import frequent_tokens
 from tjdnet.loading import load_causal_lm
 from tjdnet.machine import machine_info
 from tjdnet.model import TJDConfig, TJDModel
+from tjdnet.tensorops.logspace import IGNORE_INDEX
 from tjdnet.training.distill import base_model_answerer
 from tjdnet.training.head_features import collect_features, evaluate_head, fit_head
 
@@ -84,6 +86,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--tree_nodes", type=int, default=0, help="also bench speculative_tree with this tree size")
     parser.add_argument("--tree_topk", type=int, default=DEFAULT_TREE_TOPK)
+    parser.add_argument("--draft_vocab", type=int, default=0, help="draft from the S most frequent answer tokens")
     parser.add_argument(
         "--dtype", default="float32", choices=("float32", "bfloat16"), help="of decoding (training is float32)"
     )
@@ -121,6 +124,10 @@ def main() -> None:
     features_s = time.perf_counter() - t0
     logger.info("%d answer positions, %d held out, in %.0f s", len(features), len(held_out), features_s)
 
+    draft_vocab = None
+    if args.draft_vocab:
+        answers = [[t for t, label in zip(r["input_ids"], r["labels"]) if label != IGNORE_INDEX] for r in rows]
+        draft_vocab = frequent_tokens(answers, args.draft_vocab, base.vocab_size, keep=[tokenizer.eos_token_id])
     models: dict[str, TJDModel] = {}
     training: dict[str, dict] = {}
     for head, rank, horizon, token_conditioned in configs:
@@ -141,6 +148,7 @@ def main() -> None:
         losses = fit_head(model, train, args.steps, args.batch_positions, args.lr, seed=args.seed)
         fit_s = time.perf_counter() - t0
         nll_after = evaluate_head(model, held_out)
+        model.head.set_draft_vocab(draft_vocab)
         model.save_pretrained(out_dir / "heads" / name)
         models[name] = model.eval()
         training[name] = {

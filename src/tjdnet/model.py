@@ -35,6 +35,7 @@ LOSS_MODES = ("draft", "joint")
 CONFIG_FILE = "tjdnet_config.json"
 HEAD_WEIGHTS = "head.safetensors"
 BACKBONE_WEIGHTS = "backbone.safetensors"
+DRAFT_VOCAB_FILE = "draft_vocab.json"
 
 
 @dataclass
@@ -361,6 +362,8 @@ class TJDModel(nn.Module):
             backbone = self.trainable_state_dict()
             if backbone:
                 save_file(_contiguous(backbone), tmp / BACKBONE_WEIGHTS)
+            if self.head.draft_vocab is not None:
+                (tmp / DRAFT_VOCAB_FILE).write_text(json.dumps({"ids": self.head.draft_vocab.ids.tolist()}))
             _replace_dir(tmp, directory)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -383,9 +386,11 @@ class TJDModel(nn.Module):
         return model, tokenizer
 
     def load_weights(self, directory: str | os.PathLike) -> None:
-        """Load head and backbone weights written by :meth:`save_pretrained` (strict)."""
+        """Load head and backbone weights written by :meth:`save_pretrained` (strict), and its draft vocabulary."""
         directory = Path(directory)
         self.head.load_state_dict(_load(directory / HEAD_WEIGHTS))
+        vocab_file = directory / DRAFT_VOCAB_FILE
+        self.head.set_draft_vocab(json.loads(vocab_file.read_text())["ids"] if vocab_file.is_file() else None)
         expected = self.trainable_state_dict()
         if expected:
             weights = _load(directory / BACKBONE_WEIGHTS)

@@ -42,6 +42,7 @@ def test_bench_cli_writes_every_field(tiny_ckpt, tmp_path):
     payload = json.loads(out.read_text())
     assert payload["args"]["num_prompts"] == 2 and payload["args"]["repeats"] == 2
     assert payload["machine"]["threads"] == 1 and payload["dataset"] == "stemp"
+    assert payload["attention"] == ("exact" if payload["dtype"] in ("bfloat16", "float16") else "sdpa")
     assert set(payload["results"]) == set(BENCH_MODES) and payload["skipped"] == {}
     for mode, result in payload["results"].items():
         assert all(field in result for field in MODE_FIELDS), mode

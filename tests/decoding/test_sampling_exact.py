@@ -47,11 +47,18 @@ def pooled_chisquare(counts: torch.Tensor, probs: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize(
-    "temperature,top_k,top_p,token_conditioned",
-    [(1.0, None, None, False), (0.7, 10, None, False), (1.3, None, 0.8, False), (1.0, None, None, True)],
+    "temperature,top_k,top_p,token_conditioned,draft_vocab",
+    [
+        (1.0, None, None, False, None),
+        (0.7, 10, None, False, None),
+        (1.3, None, 0.8, False, None),
+        (1.0, None, None, True, None),
+        (1.0, None, None, False, range(0, TINY_VOCAB, 3)),  # drafts never propose two tokens in three
+    ],
 )
-def test_speculative_sampling_matches_plain_sampling(temperature, top_k, top_p, token_conditioned):
+def test_speculative_sampling_matches_plain_sampling(temperature, top_k, top_p, token_conditioned, draft_vocab):
     model = build("llama", "cp", 3, rank=2, perturb=0.5, sharpen=3.0, token_conditioned=token_conditioned)
+    model.head.set_draft_vocab(None if draft_vocab is None else list(draft_vocab))
     prompt = torch.tensor([[5, 17, 33, 8]])
     config = SamplingConfig(True, temperature, top_k, top_p)
     pair, third = exact_first_tokens(model, prompt, config)

@@ -26,6 +26,7 @@ import torch
 from jsonargparse import ArgumentParser
 from transformers import GenerationConfig
 
+from tjdnet.attention import resolve_attention
 from tjdnet.data import DATASETS, is_correct, load_examples
 from tjdnet.decoding import (
     DEFAULT_TREE_NODES,
@@ -388,6 +389,8 @@ def run_bench(
         "num_prompts": len(examples),
         "args": {**args, "gen_modes": modes, "out": str(out)},
         "dtype": str(tjd.lm.dtype).removeprefix("torch."),
+        # our modes' attention (tjdnet.attention; transformers' generate keeps the model's own kernel)
+        "attention": "exact" if resolve_attention("auto", tjd.lm.dtype) else tjd.lm.config._attn_implementation,
         "parameters": tjd.parameter_report(),
         "machine": machine_info(),
         "results": results,

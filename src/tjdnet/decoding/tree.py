@@ -77,13 +77,13 @@ def build_draft_tree(block: BlockDistribution, root: torch.Tensor, depth: int, n
         vocab = log_q.shape[-1]
         best, flat = (score[..., None] + log_q).flatten(1).topk(min(nodes, log_q[0].numel()), dim=1)  # (A, C)
         parent_slot = flat // vocab
-        tokens.append(flat % vocab)
+        tokens.append(block.token_ids(flat % vocab))
         parents.append(frontier.gather(1, parent_slot))
         scores.append(best)
         depths.append(torch.full_like(flat, d))
         if d < depth:  # the beam: the topk best offered prefixes of this depth
             width = min(topk, flat.shape[1])
-            beam_tokens, beam_slot = tokens[-1][:, :width], parent_slot[:, :width]
+            beam_tokens, beam_slot = tokens[-1][:, :width], parent_slot[:, :width]  # vocabulary ids
             parent_message = message.gather(1, beam_slot[..., None].expand(-1, -1, message.shape[-1]))
             message = block.observe(parent_message, d, beam_tokens)
             score = best[:, :width]

@@ -25,6 +25,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from tjdnet.heads.block import BlockDistribution
+from tjdnet.heads.vocab import DraftVocab
+from tjdnet.kernels import onednn_requested, use_onednn_linears
 from tjdnet.tensorops.logspace import IGNORE_INDEX, chain_log_prob
 from tjdnet.tensorops.vocab_log_prob import target_log_probs
 
@@ -106,6 +108,8 @@ class JointHead(nn.Module):
                 raise ValueError("a token-conditioned head needs the backbone's input embedding")
             self.condition = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
             nn.init.zeros_(self.condition.weight)
+        self.draft_vocab: DraftVocab | None = None
+        self._draft_unembedding: tuple[nn.Linear, ...] = ()
 
     @property
     def unembedding(self) -> nn.Module:
@@ -118,6 +122,30 @@ class JointHead(nn.Module):
     @property
     def token_conditioned(self) -> bool:
         return self.condition is not None
+
+    def set_draft_vocab(self, ids: torch.Tensor | list[int] | None) -> None:
+        """Draft from these token ids only at inference (:mod:`tjdnet.heads.vocab`); None drafts from all."""
+        self.draft_vocab = None if ids is None else DraftVocab.of(ids, self.config.vocab_size)
+        self._draft_unembedding = ()
+
+    def draft_unembedding(self) -> nn.Linear:
+        """The output embedding's rows of the draft vocabulary, as a linear layer (built on first use, and again
+        when the embedding moved to another dtype or device)."""
+        weight, bias = self.unembedding.weight, getattr(self.unembedding, "bias", None)
+        if self._draft_unembedding and self._draft_unembedding[0].weight.dtype == weight.dtype:
+            if self._draft_unembedding[0].weight.device == weight.device:
+                return self._draft_unembedding[0]
+        ids = self.draft_vocab.ids.to(weight.device)
+        layer = nn.Linear(weight.shape[1], len(ids), bias=bias is not None, device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            layer.weight.copy_(weight[ids])
+            if bias is not None:
+                layer.bias.copy_(bias[ids])
+        layer.requires_grad_(False)
+        if onednn_requested():
+            use_onednn_linears(layer)
+        self._draft_unembedding = (layer,)  # a tuple keeps it out of the parameters and the state dict
+        return layer
 
     def log_init(self, h: torch.Tensor) -> torch.Tensor:
         """(B, R) log initial state distribution (mixture weights)."""
@@ -152,14 +180,20 @@ class JointHead(nn.Module):
         return self.adapters(self.component_inputs(h, components, first), components)
 
     def component_logits(
-        self, h: torch.Tensor, components: slice | torch.Tensor = slice(None), first: torch.Tensor | None = None
+        self,
+        h: torch.Tensor,
+        components: slice | torch.Tensor = slice(None),
+        first: torch.Tensor | None = None,
+        draft: bool = False,
     ) -> torch.Tensor:
-        """(B, n_selected, V) float32 vocabulary logits of the selected components."""
+        """(B, n_selected, V) float32 vocabulary logits of the selected components; (B, n_selected, S) over the
+        draft vocabulary when ``draft`` and one is set."""
         z = self.component_states(h, components, first)
         # One (B*n, D) product: a 3-D input whose strides do not fold falls back to a batched product
         # with the (V, D) weight expanded per row, several times slower on CPU.
         flat = z.reshape(-1, z.shape[-1]).to(self.unembedding.weight.dtype)
-        return self.unembedding(flat).float().unflatten(0, z.shape[:2])
+        unembedding = self.draft_unembedding() if draft and self.draft_vocab is not None else self.unembedding
+        return unembedding(flat).float().unflatten(0, z.shape[:2])
 
     def check_hidden(self, h: torch.Tensor) -> None:
         if h.shape[-1] != self.config.hidden_size:
@@ -183,7 +217,8 @@ class JointHead(nn.Module):
     ) -> BlockDistribution:
         """The exact distribution of the first ``horizon`` (default H) tokens of the block.
 
-        All needed components go through the output embedding in one batched product.
+        All needed components go through the output embedding in one batched product (its draft vocabulary's rows
+        only, when one is set: :meth:`set_draft_vocab`).
 
         Args:
             h: (B, D) hidden states.
@@ -196,12 +231,13 @@ class JointHead(nn.Module):
         if horizon < self.horizon:
             grid = torch.arange(self.rank, device=h.device)[:, None] * self.horizon + torch.arange(horizon)
             components = grid.flatten()
-        logits = self.component_logits(h, components, first)  # (B, R*horizon, V)
+        logits = self.component_logits(h, components, first, draft=True)  # (B, R*horizon, V or S)
         log_emit = torch.log_softmax(logits, dim=-1).unflatten(1, (self.rank, horizon))
         log_trans = self.log_trans(h)
         if log_trans is not None:
             log_trans = log_trans[:, : horizon - 1].float()
-        return BlockDistribution(self.log_init(h).float(), log_trans, log_emit)
+        vocab = None if self.draft_vocab is None else self.draft_vocab.to(h.device)
+        return BlockDistribution(self.log_init(h).float(), log_trans, log_emit, vocab)
 
     def token_log_probs(self, h: torch.Tensor, y: torch.Tensor, first: torch.Tensor | None = None) -> torch.Tensor:
         """Log emission probability of each target under each component, memory-bounded.

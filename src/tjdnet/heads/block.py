@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tjdnet.heads.vocab import DraftVocab
 from tjdnet.sampling import SamplingConfig, choose_tokens, process_log_probs
 from tjdnet.tensorops.logspace import (
     IGNORE_INDEX,
@@ -23,12 +24,17 @@ class BlockDistribution:
     Attributes:
         log_init: (B, R) log initial state / mixture weights.
         log_trans: (B, H-1, R, R) log transitions, or None for a mixture of products.
-        log_emit: (B, R, H, V) float32 log emission distributions (each row sums to one).
+        log_emit: (B, R, H, V) float32 log emission distributions (each row sums to one); with a draft vocabulary
+            the last dimension is its S tokens instead.
+        vocab: the draft vocabulary the emissions range over (:mod:`tjdnet.heads.vocab`), or None for all tokens.
+            Tokens passed in and returned are always vocabulary ids; a token outside the subset has probability
+            zero, and observing one tells nothing about the hidden state.
     """
 
     log_init: torch.Tensor
     log_trans: torch.Tensor | None
     log_emit: torch.Tensor
+    vocab: DraftVocab | None = None
 
     @property
     def horizon(self) -> int:
@@ -37,9 +43,10 @@ class BlockDistribution:
     def log_prob(self, y: torch.Tensor) -> torch.Tensor:
         """Exact log p(y) for blocks y (B, H); positions equal to -100 are marginalised. Returns (B,)."""
         observed = y != IGNORE_INDEX
-        index = y.clamp_min(0)[:, None, :, None].expand(-1, self.log_emit.shape[1], -1, 1)
-        token_lp = self.log_emit.gather(-1, index).squeeze(-1) * observed[:, None, :]
-        return chain_log_prob(self.log_init, self.log_trans, token_lp)
+        local = self._local(y.clamp_min(0))
+        index = local.clamp_min(0)[:, None, :, None].expand(-1, self.log_emit.shape[1], -1, 1)
+        token_lp = self.log_emit.gather(-1, index).squeeze(-1).masked_fill((local < 0)[:, None, :], float("-inf"))
+        return chain_log_prob(self.log_init, self.log_trans, token_lp * observed[:, None, :])
 
     def start(self) -> torch.Tensor:
         """The (B, R) message before the first position."""
@@ -52,12 +59,20 @@ class BlockDistribution:
     def observe(self, message: torch.Tensor, k: int, tokens: torch.Tensor) -> torch.Tensor:
         """Condition messages (B, ..., R) on tokens (B, ...) at position k; returns the messages before k + 1."""
         log_emit = self.log_emit[:, :, k]  # (B, R, V)
-        index = tokens.reshape(tokens.shape[0], 1, -1).expand(-1, log_emit.shape[1], -1)  # (B, R, F)
-        token_lp = log_emit.gather(-1, index).transpose(1, 2).reshape(message.shape)
+        local = self._local(tokens).reshape(tokens.shape[0], 1, -1)
+        index = local.clamp_min(0).expand(-1, log_emit.shape[1], -1)  # (B, R, F)
+        token_lp = log_emit.gather(-1, index).masked_fill(local < 0, 0.0).transpose(1, 2).reshape(message.shape)
         message = emit(message, token_lp)
         if self.log_trans is not None and k < self.horizon - 1:
             message = transition(message, self._per_prefix(self.log_trans[:, k], message))
         return message
+
+    def token_ids(self, index: torch.Tensor) -> torch.Tensor:
+        """Vocabulary ids of indices into ``log_emit``'s last dimension."""
+        return index if self.vocab is None else self.vocab.ids[index]
+
+    def _local(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens if self.vocab is None else self.vocab.local(tokens)
 
     @staticmethod
     def _per_prefix(x: torch.Tensor, message: torch.Tensor) -> torch.Tensor:
@@ -79,7 +94,7 @@ class BlockDistribution:
             prefix: (B, P) tokens already fixed at positions 0..P-1 (e.g. the verifier's own token).
             length: how many tokens to choose after the prefix (default: up to the horizon).
         Returns:
-            tokens (B, L) and their processed draft log-distributions (B, L, V).
+            tokens (B, L) and their processed draft log-distributions (B, L, V), over the whole vocabulary.
         """
         message = self.start()
         fixed = 0 if prefix is None else prefix.shape[1]
@@ -89,12 +104,13 @@ class BlockDistribution:
         tokens, dists = [], []
         for k in range(fixed, end):
             log_q = process_log_probs(self.conditional(message, k), config)
-            token = choose_tokens(log_q, config, generator)
+            token = self.token_ids(choose_tokens(log_q, config, generator))
             tokens.append(token)
-            dists.append(log_q)
+            dists.append(log_q if self.vocab is None else self.vocab.expand(log_q))
             if k < end - 1:
                 message = self.observe(message, k, token)
-        batch, vocab = self.log_emit.shape[0], self.log_emit.shape[-1]
+        batch = self.log_emit.shape[0]
+        vocab = self.log_emit.shape[-1] if self.vocab is None else self.vocab.vocab_size
         if not tokens:
             empty = self.log_emit.new_zeros(batch, 0, vocab)
             return torch.zeros(batch, 0, dtype=torch.long, device=empty.device), empty

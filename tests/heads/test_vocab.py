@@ -1,0 +1,76 @@
+"""Draft vocabularies: which tokens, the head's distribution over them, lossless decoding and persistence."""
+
+import pytest
+import torch
+from decoding.test_generate import EOS, build, ragged_prompts
+from tiny_models import TINY_VOCAB
+
+from tjdnet.decoding.tree import build_draft_tree
+from tjdnet.heads.vocab import DraftVocab, frequent_tokens
+from tjdnet.sampling import SamplingConfig
+from tjdnet.tensorops.logspace import IGNORE_INDEX
+
+SUBSET = list(range(0, TINY_VOCAB, 2)) + [EOS]
+
+
+def test_frequent_tokens_keeps_given_then_most_frequent_then_lowest_ids():
+    sequences = [[7, 7, 7, 5, 5, 9], [9, 3]]  # 7 x3, then 5 and 9 x2 (tie: lower id first), then 3
+    assert frequent_tokens(sequences, 3, 10) == [5, 7, 9]
+    assert frequent_tokens(sequences, 3, 10, keep=[1]) == [1, 5, 7]
+    assert frequent_tokens(sequences, 6, 10) == [0, 1, 3, 5, 7, 9]  # topped up with ids 0 and 1
+    with pytest.raises(ValueError, match="draft vocabulary size=0 is not allowed; use an integer in 1..10"):
+        frequent_tokens(sequences, 0, 10)
+
+
+def test_draft_vocab_maps_tokens_both_ways():
+    vocab = DraftVocab.of([9, 2, 5, 2], 12)
+    assert vocab.ids.tolist() == [2, 5, 9] and vocab.size == 3 and vocab.vocab_size == 12
+    assert vocab.local(torch.tensor([[5, 3], [9, 2]])).tolist() == [[1, -1], [2, 0]]
+    full = vocab.expand(torch.tensor([[-1.0, -2.0, -3.0]]))
+    assert full.shape == (1, 12) and full[0, 5] == -2.0 and torch.isinf(full[0, 3])
+    with pytest.raises(ValueError, match="needs 1..12 token ids in 0..11"):
+        DraftVocab.of([3, 12], 12)
+
+
+@pytest.mark.parametrize("head", ["multihead", "cp", "mps"])
+def test_head_restricted_to_a_draft_vocab_renormalises_each_component_over_it(head):
+    model = build("llama", head, 3, rank=2)
+    h = torch.randn(2, 32)
+    with torch.no_grad():
+        full = model.head(h)
+        model.head.set_draft_vocab(SUBSET)
+        sub = model.head(h)
+    ids = torch.tensor(sorted(set(SUBSET)))
+    torch.testing.assert_close(sub.log_emit, full.log_emit[..., ids].log_softmax(-1))
+    y = torch.tensor([[4, 6, IGNORE_INDEX], [4, 7, 8]])  # 7 is outside the subset
+    log_p = sub.log_prob(y)
+    assert torch.isfinite(log_p[0]) and log_p[1] == float("-inf")
+    tokens, dists = sub.draft(SamplingConfig(True), generator=torch.Generator().manual_seed(0))
+    assert all(t in SUBSET for t in tokens.flatten().tolist())
+    assert dists.shape == (2, 3, TINY_VOCAB) and torch.allclose(dists.exp().sum(-1), torch.ones(2, 3))
+    assert torch.isinf(dists[..., 3]).all()  # token 3 is outside the subset
+    tree = build_draft_tree(sub, torch.tensor([4, 7]), 2, 6, 3)  # the root 7 is outside: observed as no evidence
+    assert all(t in SUBSET for t in tree.tokens.flatten().tolist())
+
+
+@pytest.mark.parametrize("tree_nodes", [0, 6])
+def test_greedy_speculative_with_a_draft_vocab_equals_ar(tree_nodes):
+    model = build("llama", "mps", 4, perturb=0.1)
+    ids, mask = ragged_prompts(4, seed=4)
+    ar = model.generate(ids, mask, gen_mode="ar", max_new_tokens=24, eos_token_id=EOS)
+    model.head.set_draft_vocab(SUBSET)
+    spec = model.generate(ids, mask, gen_mode="speculative", max_new_tokens=24, eos_token_id=EOS, tree_nodes=tree_nodes)
+    assert spec.new_tokens == ar.new_tokens
+
+
+def test_draft_vocab_is_saved_and_loaded_with_the_head(tmp_path):
+    model = build("llama", "cp", 3)
+    model.head.set_draft_vocab(SUBSET)
+    model.save_pretrained(tmp_path / "head")
+    fresh = build("llama", "cp", 3, seed=1)
+    fresh.load_weights(tmp_path / "head")
+    assert fresh.head.draft_vocab.ids.tolist() == sorted(set(SUBSET))
+    model.head.set_draft_vocab(None)
+    model.save_pretrained(tmp_path / "head")  # overwritten without one: loading clears it
+    fresh.load_weights(tmp_path / "head")
+    assert fresh.head.draft_vocab is None
