@@ -154,4 +154,6 @@ def test_embedded_smollm2_bfloat16_speculative_equals_ar():
         ar = model.generate(ids, gen_mode="ar", **kwargs)
         chain = model.generate(ids, gen_mode="speculative", **kwargs)
         tree = model.generate(ids, gen_mode="speculative", tree_nodes=8, **kwargs)
+        wide_tree = model.generate(ids, gen_mode="speculative", tree_nodes=40, **kwargs)  # 41 rows per product
         assert chain.new_tokens == ar.new_tokens and tree.new_tokens == ar.new_tokens
+        assert wide_tree.new_tokens == ar.new_tokens

@@ -8,8 +8,9 @@ float16 the hidden states are rounded after every layer, so a last-bit differenc
 argmax and the outputs part ways. ``exact`` attention computes scores, softmax and the weighted sum of values in
 float64 from the (exactly converted) 16-bit inputs and rounds once at the end: any two summation orders then
 agree to ~1e-16, far below the 16-bit rounding step, so each query's output is the same bits however the pass
-was made up. The linear layers need no change: their 16-bit products are the same for a row whatever the
-number of rows (checked on SmolLM2 in bfloat16 by tests/test_attention.py).
+was made up. The linear layers need one precaution: oneDNN's 16-bit products give a row the same bits whatever
+the number of rows up to 32 rows, and other bits beyond (another kernel), so inside :func:`exact_attention_in`
+they run 32 rows at a time (checked by tests/test_attention.py and tests/test_kernels.py).
 
 float32 models keep the model's own attention: their rounding is fine enough that greedy outputs already agree.
 """
@@ -22,6 +23,8 @@ from contextlib import contextmanager
 import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from tjdnet.kernels import row_blocks
 
 EXACT = "tjdnet_exact"
 ATTENTION_CHOICES = ("auto", "exact", "model")
@@ -96,13 +99,16 @@ def resolve_attention(choice: str, dtype: torch.dtype) -> bool:
 
 @contextmanager
 def exact_attention_in(lm: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
-    """Run a transformers model with :func:`exact_attention` inside the block (a no-op when not ``enabled``)."""
+    """Run a transformers model with :func:`exact_attention`, and its oneDNN linear layers in row blocks of a size
+    whose results are row-invariant (:func:`tjdnet.kernels.row_blocks`), inside the block; a no-op when not
+    ``enabled``."""
     previous = lm.config._attn_implementation
     if not enabled or previous == EXACT:
         yield
         return
     lm.set_attn_implementation(EXACT)
     try:
-        yield
+        with row_blocks():
+            yield
     finally:
         lm.set_attn_implementation(previous)
