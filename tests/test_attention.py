@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from decoding.test_generate import EOS, ragged_prompts
-from tiny_models import make_tiny_lm
-from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from tiny_models import make_tiny_lm, tiny_config
+from transformers import DynamicCache, GPT2LMHeadModel, LlamaForCausalLM
 
 from tjdnet.attention import EXACT, exact_attention, exact_attention_in, resolve_attention
 from tjdnet.model import TJDConfig, TJDModel
@@ -72,20 +72,9 @@ def wide_model(kind: str, head: str = "cp") -> TJDModel:
     token other bits in a k-token pass than in a single-token one (checked on this CPU: 4 in 5 positions differ)."""
     torch.manual_seed(0)
     if kind == "gpt2":
-        lm = GPT2LMHeadModel(
-            GPT2Config(vocab_size=64, n_positions=512, n_embd=256, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=1)
-        )
+        lm = GPT2LMHeadModel(tiny_config("gpt2", n_positions=512, n_embd=256, n_head=4))
     else:
-        config = LlamaConfig(
-            vocab_size=64,
-            hidden_size=256,
-            intermediate_size=512,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-        )
-        lm = LlamaForCausalLM(config)
+        lm = LlamaForCausalLM(tiny_config("llama", hidden_size=256, intermediate_size=512, max_position_embeddings=512))
     config = TJDConfig(base_model="unused", head=head, horizon=4, rank=2, hidden_dim=8)
     return TJDModel(lm.eval(), config).to(torch.bfloat16).eval()
 

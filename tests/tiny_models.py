@@ -6,12 +6,14 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 TINY_VOCAB = 64
 
 
-def tiny_config(kind: str):
+def tiny_config(kind: str, **overrides):
+    """A tiny GPT-2 or Llama configuration; ``overrides`` replace any of its fields."""
     if kind == "gpt2":
-        return GPT2Config(
+        fields = dict(
             vocab_size=TINY_VOCAB, n_positions=256, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=1
         )
-    return LlamaConfig(
+        return GPT2Config(**{**fields, **overrides})
+    fields = dict(
         vocab_size=TINY_VOCAB,
         hidden_size=32,
         intermediate_size=64,
@@ -24,6 +26,7 @@ def tiny_config(kind: str):
         eos_token_id=1,
         pad_token_id=2,
     )
+    return LlamaConfig(**{**fields, **overrides})
 
 
 def make_tiny_lm(kind: str, seed: int = 0, sharpen: float = 8.0):
