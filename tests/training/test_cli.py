@@ -88,14 +88,18 @@ def test_fit_resume_test_generate(model_dir, experiments, capsys):
     assert payload["results"]["ar"]["tau"] == 1.0
     assert payload["num_prompts"] == 3 and payload["machine"]["torch"]
 
-    for mode in ("speculative", "speculative_tree"):
+    for mode, attention in (("speculative", "exact"), ("speculative_tree", "model")):
         code, out, err = run(
             ["generate", "--ckpt_path", str(run_dir / "best.ckpt"), "--prompt", "What is 3°C in Fahrenheit?",
-             "--max_new_tokens", "6", "--gen_mode", mode, "--tree_nodes", "4"],
+             "--max_new_tokens", "6", "--gen_mode", mode, "--tree_nodes", "4", "--attention", attention],
             capsys,
         )  # fmt: skip
         assert code == 0, err
         assert f"[{mode}] 6 tokens" in out
+    code, _, err = run(
+        ["generate", "--ckpt_path", str(run_dir / "best.ckpt"), "--prompt", "x", "--attention", "fast"], capsys
+    )
+    assert code == 2 and "attention='fast' is not allowed; use one of auto, exact, model" in last_line(err)
 
 
 def test_truncated_checkpoint_is_a_clear_error(model_dir, experiments, capsys):

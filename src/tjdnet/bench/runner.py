@@ -36,6 +36,7 @@ from tjdnet.decoding import (
     GenerationOutput,
     GenerationStats,
     RowStats,
+    add_decoding_arguments,
     mode_arguments,
 )
 from tjdnet.evaluation import ModeResult, format_table, prompt_batches
@@ -177,6 +178,7 @@ def bench_modes(
     scored: bool = True,
     tree_nodes: int = DEFAULT_TREE_NODES,
     tree_topk: int = DEFAULT_TREE_TOPK,
+    attention: str = "auto",
 ) -> tuple[dict[str, dict], dict[str, str]]:
     """Time every mode on every prompt batch, ``repeats`` times, interleaved; summarise per mode.
 
@@ -195,7 +197,7 @@ def bench_modes(
     generators: dict[str, Generator] = {
         m: hf_generator(model, eos, pad, max_new_tokens, m == "prompt_lookup")
         if m in HF_MODES
-        else partial(ours, **mode_arguments(m, tree_nodes, tree_topk))
+        else partial(ours, **mode_arguments(m, tree_nodes, tree_topk, attention))
         for m in modes
     }
     summaries = bench_generators(generators, model.backbone, tokenizer, examples, batch_size, repeats, warmup, scored)
@@ -344,6 +346,7 @@ def run_bench(
     seed: int = 0,
     tree_nodes: int = DEFAULT_TREE_NODES,
     tree_topk: int = DEFAULT_TREE_TOPK,
+    attention: str = "auto",
 ) -> dict:
     """Benchmark decoding modes on ``num_prompts`` test prompts of a dataset; returns the JSON payload."""
     args = dict(locals())
@@ -381,6 +384,7 @@ def run_bench(
         scored=DATASETS[dataset].scored,
         tree_nodes=tree_nodes,
         tree_topk=tree_topk,
+        attention=attention,
     )
     payload = {
         **description,
@@ -390,7 +394,7 @@ def run_bench(
         "args": {**args, "gen_modes": modes, "out": str(out)},
         "dtype": str(tjd.lm.dtype).removeprefix("torch."),
         # our modes' attention (tjdnet.attention; transformers' generate keeps the model's own kernel)
-        "attention": "exact" if resolve_attention("auto", tjd.lm.dtype) else tjd.lm.config._attn_implementation,
+        "attention": "exact" if resolve_attention(attention, tjd.lm.dtype) else tjd.lm.config._attn_implementation,
         "parameters": tjd.parameter_report(),
         "machine": machine_info(),
         "results": results,
@@ -431,8 +435,7 @@ def run_bench_cli(args: list[str]) -> dict:
     parser.add_argument("--dtype", type=str | None, default=None, help="float32 or bfloat16 (default: as trained)")
     parser.add_argument("--num_threads", type=int | None, default=None)
     parser.add_argument("--horizon", type=int | None, default=None, help="block length (default: the head's)")
-    parser.add_argument("--tree_nodes", type=int, default=DEFAULT_TREE_NODES, help="draft tree size (speculative_tree)")
-    parser.add_argument("--tree_topk", type=int, default=DEFAULT_TREE_TOPK, help="prefixes expanded per tree depth")
+    add_decoding_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data.dataset", type=str, default="stemp")
     parser.add_argument("--data.path", type=str | None, default=None)
@@ -455,4 +458,5 @@ def run_bench_cli(args: list[str]) -> dict:
         seed=cfg.seed,
         tree_nodes=cfg.tree_nodes,
         tree_topk=cfg.tree_topk,
+        attention=cfg.attention,
     )

@@ -1,6 +1,14 @@
 """KV-cached decoding: plain, draft and lossless self-speculative generation (chain or tree drafts)."""
 
-from tjdnet.decoding.generate import GEN_MODES, NAMED_MODES, TREE_MODE, GenerationOutput, generate, mode_arguments
+from tjdnet.decoding.generate import (
+    GEN_MODES,
+    NAMED_MODES,
+    TREE_MODE,
+    GenerationOutput,
+    add_decoding_arguments,
+    generate,
+    mode_arguments,
+)
 from tjdnet.decoding.stats import GenerationStats, RowStats
 from tjdnet.decoding.tree import DEFAULT_TREE_NODES, DEFAULT_TREE_TOPK
 
@@ -14,5 +22,6 @@ __all__ = [
     "GenerationStats",
     "RowStats",
     "generate",
+    "add_decoding_arguments",
     "mode_arguments",
 ]

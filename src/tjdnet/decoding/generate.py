@@ -25,14 +25,27 @@ TREE_MODE = "speculative_tree"
 NAMED_MODES = (*GEN_MODES, TREE_MODE)
 
 
-def mode_arguments(mode: str, tree_nodes: int = DEFAULT_TREE_NODES, tree_topk: int = DEFAULT_TREE_TOPK) -> dict:
+def mode_arguments(
+    mode: str, tree_nodes: int = DEFAULT_TREE_NODES, tree_topk: int = DEFAULT_TREE_TOPK, attention: str = "auto"
+) -> dict:
     """:func:`generate` keyword arguments of a named mode: a ``gen_mode``, or ``speculative_tree``
-    (``speculative`` verifying a draft tree of ``tree_nodes`` nodes)."""
+    (``speculative`` verifying a draft tree of ``tree_nodes`` nodes); ``attention`` as in :func:`generate`."""
     if mode not in NAMED_MODES:
         raise ValueError(f"unknown gen_mode {mode!r}; allowed: {', '.join(NAMED_MODES)}")
+    resolve_attention(attention, torch.float32)  # a bad choice fails here, before any model is loaded
     if mode == TREE_MODE:
-        return {"gen_mode": "speculative", "tree_nodes": tree_nodes, "tree_topk": tree_topk}
-    return {"gen_mode": mode}
+        return {"gen_mode": "speculative", "tree_nodes": tree_nodes, "tree_topk": tree_topk, "attention": attention}
+    return {"gen_mode": mode, "attention": attention}
+
+
+def add_decoding_arguments(parser) -> None:
+    """``--tree_nodes``, ``--tree_topk`` and ``--attention``: the options of our modes in ``tjdnet test``,
+    ``bench`` and ``generate``."""
+    parser.add_argument("--tree_nodes", type=int, default=DEFAULT_TREE_NODES, help="draft tree size (speculative_tree)")
+    parser.add_argument("--tree_topk", type=int, default=DEFAULT_TREE_TOPK, help="prefixes expanded per tree depth")
+    parser.add_argument(
+        "--attention", type=str, default="auto", help="exact (lossless in 16-bit floats), model, or auto: see generate"
+    )
 
 
 @dataclass

@@ -7,7 +7,7 @@ from jsonargparse import ArgumentParser
 from transformers import TextStreamer
 
 from tjdnet.data import Example, encode_prompt
-from tjdnet.decoding import DEFAULT_TREE_NODES, DEFAULT_TREE_TOPK, NAMED_MODES, mode_arguments
+from tjdnet.decoding import NAMED_MODES, add_decoding_arguments, mode_arguments
 
 
 def run_generate_cli(args: list[str]):
@@ -22,13 +22,12 @@ def run_generate_cli(args: list[str]):
     parser.add_argument("--top_k", type=int | None, default=None)
     parser.add_argument("--top_p", type=float | None, default=None)
     parser.add_argument("--horizon", type=int | None, default=None)
-    parser.add_argument("--tree_nodes", type=int, default=DEFAULT_TREE_NODES, help="draft tree size (speculative_tree)")
-    parser.add_argument("--tree_topk", type=int, default=DEFAULT_TREE_TOPK, help="prefixes expanded per tree depth")
+    add_decoding_arguments(parser)
     parser.add_argument("--dtype", type=str | None, default=None)
     parser.add_argument("--verify_with_base", type=bool, default=False, help="LoRA: verify with the original model")
     parser.add_argument("--seed", type=int, default=0)
     cfg = parser.parse_args(args)
-    mode = mode_arguments(cfg.gen_mode, cfg.tree_nodes, cfg.tree_topk)
+    mode = mode_arguments(cfg.gen_mode, cfg.tree_nodes, cfg.tree_topk, cfg.attention)
     if cfg.ckpt_path is not None:
         from tjdnet.training.restore import load_trained
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from jsonargparse import ArgumentParser
 
 from tjdnet.data import DATASETS, load_examples
-from tjdnet.decoding import DEFAULT_TREE_NODES, DEFAULT_TREE_TOPK, NAMED_MODES, mode_arguments
+from tjdnet.decoding import DEFAULT_TREE_NODES, DEFAULT_TREE_TOPK, NAMED_MODES, add_decoding_arguments, mode_arguments
 from tjdnet.evaluation import compare_to, evaluate_modes, format_table
 from tjdnet.files import write_json
 from tjdnet.machine import machine_info
@@ -43,6 +43,7 @@ def run_test(
     merge_lora: bool = True,
     tree_nodes: int = DEFAULT_TREE_NODES,
     tree_topk: int = DEFAULT_TREE_TOPK,
+    attention: str = "auto",
 ) -> dict:
     """Evaluate a checkpoint; returns the JSON payload (also written to ``out`` or <run dir>/test_results.json)."""
     modes = parse_gen_modes(gen_modes)
@@ -68,7 +69,8 @@ def run_test(
         model.merge_adapters()
     generate = partial(model.generate, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id)
     generators = {
-        mode: partial(generate, horizon=horizon, **mode_arguments(mode, tree_nodes, tree_topk)) for mode in modes
+        mode: partial(generate, horizon=horizon, **mode_arguments(mode, tree_nodes, tree_topk, attention))
+        for mode in modes
     }
     logger.info("testing %s on %d %s/%s prompts with %s", ckpt_path, len(examples), dataset, split, ", ".join(modes))
     results = evaluate_modes(generators, tokenizer, examples, batch_size, scored=DATASETS[dataset].scored)
@@ -86,6 +88,7 @@ def run_test(
             "horizon": horizon,
             "tree_nodes": tree_nodes,
             "tree_topk": tree_topk,
+            "attention": attention,
             "data": data,
         },
         "model": dict(module.hparams),
@@ -112,8 +115,7 @@ def run_test_cli(args: list[str]) -> dict:
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--dtype", type=str | None, default=None, help="float32 or bfloat16 (default: as trained)")
     parser.add_argument("--horizon", type=int | None, default=None, help="block length (default: the head's)")
-    parser.add_argument("--tree_nodes", type=int, default=DEFAULT_TREE_NODES, help="draft tree size (speculative_tree)")
-    parser.add_argument("--tree_topk", type=int, default=DEFAULT_TREE_TOPK, help="prefixes expanded per tree depth")
+    add_decoding_arguments(parser)
     parser.add_argument("--num_threads", type=int | None, default=None)
     parser.add_argument("--out", type=str | None, default=None, help="JSON path (default: <run>/test_results.json)")
     parser.add_argument("--data.dataset", type=str | None, default=None)
@@ -136,4 +138,5 @@ def run_test_cli(args: list[str]) -> dict:
         out=cfg.out,
         tree_nodes=cfg.tree_nodes,
         tree_topk=cfg.tree_topk,
+        attention=cfg.attention,
     )
