@@ -71,7 +71,7 @@ _last_mask: list = [None, None]
 
 def _additive_mask(mask: torch.Tensor | None, q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:
     """(B or 1, 1, q, L) float64 mask, 0 where a query attends and ``_MASKED`` elsewhere; None means causal."""
-    key = (q_len, kv_len) if mask is None else mask
+    key = (q_len, kv_len, device) if mask is None else mask
     if key is _last_mask[0] or (mask is None and isinstance(_last_mask[0], tuple) and key == _last_mask[0]):
         return _last_mask[1]
     if mask is None:
@@ -103,12 +103,15 @@ def exact_attention_in(lm: torch.nn.Module, enabled: bool = True) -> Iterator[No
     whose results are row-invariant (:func:`tjdnet.kernels.row_blocks`), inside the block; a no-op when not
     ``enabled``."""
     previous = lm.config._attn_implementation
-    if not enabled or previous == EXACT:
+    if not enabled:
         yield
         return
-    lm.set_attn_implementation(EXACT)
+    if previous != EXACT:
+        lm.set_attn_implementation(EXACT)
     try:
         with row_blocks():
             yield
     finally:
-        lm.set_attn_implementation(previous)
+        _last_mask[:] = [None, None]  # let the last mask go
+        if previous != EXACT:
+            lm.set_attn_implementation(previous)

@@ -74,3 +74,18 @@ def test_draft_vocab_is_saved_and_loaded_with_the_head(tmp_path):
     model.save_pretrained(tmp_path / "head")  # overwritten without one: loading clears it
     fresh.load_weights(tmp_path / "head")
     assert fresh.head.draft_vocab is None
+
+
+def test_draft_rows_follow_changes_of_the_output_embedding():
+    model = build("llama", "cp", 3)
+    model.head.set_draft_vocab(SUBSET)
+    h = torch.randn(1, 32)
+    with torch.no_grad():
+        before = model.head(h).log_emit
+        model.lm.get_output_embeddings().weight.mul_(2.0)  # e.g. an optimizer step in `full` train mode
+        after = model.head(h).log_emit
+        model.head.set_draft_vocab(None)
+        full = model.head(h).log_emit
+    ids = torch.tensor(sorted(set(SUBSET)))
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, full[..., ids].log_softmax(-1))

@@ -109,7 +109,7 @@ class JointHead(nn.Module):
             self.condition = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
             nn.init.zeros_(self.condition.weight)
         self.draft_vocab: DraftVocab | None = None
-        self._draft_unembedding: tuple[nn.Linear, ...] = ()
+        self._draft_unembedding: tuple = ()  # (layer, what it was built from)
 
     @property
     def unembedding(self) -> nn.Module:
@@ -130,11 +130,11 @@ class JointHead(nn.Module):
 
     def draft_unembedding(self) -> nn.Linear:
         """The output embedding's rows of the draft vocabulary, as a linear layer (built on first use, and again
-        when the embedding moved to another dtype or device)."""
+        when the embedding changed: other values, dtype or device)."""
         weight, bias = self.unembedding.weight, getattr(self.unembedding, "bias", None)
-        if self._draft_unembedding and self._draft_unembedding[0].weight.dtype == weight.dtype:
-            if self._draft_unembedding[0].weight.device == weight.device:
-                return self._draft_unembedding[0]
+        source = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+        if self._draft_unembedding and self._draft_unembedding[1] == source:
+            return self._draft_unembedding[0]
         ids = self.draft_vocab.ids.to(weight.device)
         layer = nn.Linear(weight.shape[1], len(ids), bias=bias is not None, device=weight.device, dtype=weight.dtype)
         with torch.no_grad():
@@ -144,7 +144,7 @@ class JointHead(nn.Module):
         layer.requires_grad_(False)
         if onednn_requested():
             use_onednn_linears(layer)
-        self._draft_unembedding = (layer,)  # a tuple keeps it out of the parameters and the state dict
+        self._draft_unembedding = (layer, source)  # a tuple keeps it out of the parameters and the state dict
         return layer
 
     def log_init(self, h: torch.Tensor) -> torch.Tensor:
