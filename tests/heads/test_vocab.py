@@ -89,3 +89,12 @@ def test_draft_rows_follow_changes_of_the_output_embedding():
     ids = torch.tensor(sorted(set(SUBSET)))
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, full[..., ids].log_softmax(-1))
+
+
+def test_marginalised_positions_stay_finite_when_token_zero_is_outside_the_draft_vocab():
+    model = build("llama", "mps", 3, rank=2)
+    model.head.set_draft_vocab([t for t in SUBSET if t != 0])
+    with torch.no_grad():
+        block = model.head(torch.randn(1, 32))
+    log_p = block.log_prob(torch.tensor([[4, IGNORE_INDEX, IGNORE_INDEX]]))
+    assert torch.isfinite(log_p).all()

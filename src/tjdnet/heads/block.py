@@ -45,8 +45,9 @@ class BlockDistribution:
         observed = y != IGNORE_INDEX
         local = self._local(y.clamp_min(0))
         index = local.clamp_min(0)[:, None, :, None].expand(-1, self.log_emit.shape[1], -1, 1)
-        token_lp = self.log_emit.gather(-1, index).squeeze(-1).masked_fill((local < 0)[:, None, :], float("-inf"))
-        return chain_log_prob(self.log_init, self.log_trans, token_lp * observed[:, None, :])
+        token_lp = self.log_emit.gather(-1, index).squeeze(-1) * observed[:, None, :]
+        outside = (local < 0) & observed  # an observed token the draft vocabulary lacks has probability zero
+        return chain_log_prob(self.log_init, self.log_trans, token_lp.masked_fill(outside[:, None, :], float("-inf")))
 
     def start(self) -> torch.Tensor:
         """The (B, R) message before the first position."""
