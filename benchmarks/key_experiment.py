@@ -29,14 +29,13 @@ import torch
 
 from tjdnet.bench.runner import bench_generators, format_bench_table
 from tjdnet.cli import experiments_dir
-from tjdnet.data import Example, encode_example, load_examples, sample_user_prompts, self_distill
+from tjdnet.data import Example, answer_tokens, encode_example, load_examples, sample_user_prompts, self_distill
 from tjdnet.decoding import DEFAULT_TREE_TOPK, mode_arguments
 from tjdnet.files import write_json
 from tjdnet.heads.vocab import frequent_tokens
 from tjdnet.loading import load_causal_lm
 from tjdnet.machine import machine_info
 from tjdnet.model import TJDConfig, TJDModel
-from tjdnet.tensorops.logspace import IGNORE_INDEX
 from tjdnet.training.distill import base_model_answerer
 from tjdnet.training.head_features import collect_features, evaluate_head, fit_head
 
@@ -126,7 +125,7 @@ def main() -> None:
 
     draft_vocab = None
     if args.draft_vocab:
-        answers = [[t for t, label in zip(r["input_ids"], r["labels"]) if label != IGNORE_INDEX] for r in rows]
+        answers = [answer_tokens(r) for r in rows]
         draft_vocab = frequent_tokens(answers, args.draft_vocab, base.vocab_size, keep=[tokenizer.eos_token_id])
     models: dict[str, TJDModel] = {}
     training: dict[str, dict] = {}

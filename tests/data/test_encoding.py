@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from tjdnet.data import encoding
 from tjdnet.data.encoding import collate, encode_example, encode_prompt
 from tjdnet.data.examples import Conversation, Example
 from tjdnet.data.formatting import IGNORE_INDEX
@@ -10,6 +11,7 @@ EXAMPLE = stemp_example(20)
 
 
 def answer_tokens(row):
+    """The answer tokens read off input_ids where the labels say so (independent of ``encoding.answer_tokens``)."""
     return [token for token, label in zip(row["input_ids"], row["labels"], strict=True) if label != IGNORE_INDEX]
 
 
@@ -20,6 +22,7 @@ def test_loss_only_on_answer_and_eos(tokenizer_name, request):
     assert len(row["input_ids"]) == len(row["labels"]) == len(row["attention_mask"]) <= 256
     assert set(row["attention_mask"]) == {1}
     assert tokenizer.decode(answer_tokens(row)) == EXAMPLE.answer + "<|endoftext|>"
+    assert encoding.answer_tokens(row) == answer_tokens(row)
     # The prompt is exactly the generation prompt, and the labels start right after it.
     prompt = encode_prompt(tokenizer, EXAMPLE)
     assert row["input_ids"][: len(prompt)] == prompt

@@ -4,7 +4,7 @@ Knows nothing of Lightning; ``tjdnet.training`` wraps it in a DataModule.
 """
 
 from tjdnet.data.answers import is_correct, parse_answer
-from tjdnet.data.encoding import collate, encode_example, encode_prompt
+from tjdnet.data.encoding import answer_tokens, collate, encode_example, encode_prompt
 from tjdnet.data.examples import Conversation, Example
 from tjdnet.data.formatting import IGNORE_INDEX, format_prompt, format_target
 from tjdnet.data.registry import DATASETS, DatasetSpec, load_examples
@@ -17,6 +17,7 @@ __all__ = [
     "Conversation",
     "DatasetSpec",
     "Example",
+    "answer_tokens",
     "collate",
     "encode_example",
     "encode_prompt",

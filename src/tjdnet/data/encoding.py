@@ -50,6 +50,11 @@ def encode_example(
     }
 
 
+def answer_tokens(row: dict[str, list[int]]) -> list[int]:
+    """The token ids an encoded row (:func:`encode_example`) trains the model to produce, in order."""
+    return [label for label in row["labels"] if label != IGNORE_INDEX]
+
+
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, example: Example) -> list[int]:
     """Token ids of the generation prompt, exactly as the prompt part of ``encode_example`` tokenises it."""
     input_ids, _ = tokenize_segments(tokenizer, [(format_prompt(tokenizer, example.question), False)])
