@@ -51,8 +51,10 @@ class OneDNNLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not _onednn_applies(self, x):
             return super().forward(x)
+        if _row_block is None or x.dtype == torch.float32:
+            return self._product(x)
         rows = x.numel() // x.shape[-1]
-        if _row_block is None or x.dtype == torch.float32 or rows <= _row_block:
+        if rows <= _row_block:
             return self._product(x)
         blocks = [self._product(part) for part in x.reshape(rows, x.shape[-1]).split(_row_block)]
         return torch.cat(blocks).view(*x.shape[:-1], -1)
