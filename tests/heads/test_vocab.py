@@ -98,3 +98,34 @@ def test_marginalised_positions_stay_finite_when_token_zero_is_outside_the_draft
         block = model.head(torch.randn(1, 32))
     log_p = block.log_prob(torch.tensor([[4, IGNORE_INDEX, IGNORE_INDEX]]))
     assert torch.isfinite(log_p).all()
+
+
+@pytest.mark.parametrize(("head", "token_conditioned"), [("cp", False), ("mps", True)])
+@pytest.mark.parametrize("chunk_elements", [2**24, 40])  # one product, or chunks of one component
+def test_loss_in_the_draft_vocab_is_the_drafted_distribution_with_outside_targets_marginalised(
+    head, token_conditioned, chunk_elements
+):
+    model = build("llama", head, 3, rank=2, token_conditioned=token_conditioned)
+    model.head.config.loss_chunk_elements = chunk_elements
+    model.head.set_draft_vocab(SUBSET)
+    h = torch.randn(3, 32, requires_grad=True)  # with grad: the fused (or checkpointed) training path
+    y = torch.tensor([[4, 6, 8], [4, 7, 8], [4, IGNORE_INDEX, 3]])  # 7 and 3 are outside the subset
+    first = y[:, 0]
+    loss = model.head.log_prob(h, y, first, draft=True)
+    with torch.no_grad():
+        block = model.head(h, first=first)
+    inside = torch.where(torch.isin(y, torch.tensor(SUBSET)), y, IGNORE_INDEX)
+    torch.testing.assert_close(loss.detach(), block.log_prob(inside))
+    loss.sum().backward()
+    assert h.grad is not None and torch.isfinite(h.grad).all()
+
+
+def test_loss_in_the_draft_vocab_needs_a_frozen_output_embedding():
+    model = build("llama", "cp", 3)
+    model.head.set_draft_vocab(SUBSET)
+    model.lm.get_output_embeddings().weight.requires_grad_(True)
+    y = torch.tensor([[4, 6, 8]])
+    with pytest.raises(ValueError, match="needs a frozen output embedding"):
+        model.head.log_prob(torch.randn(1, 32), y, draft=True)
+    model.head.set_draft_vocab(None)  # without a draft vocabulary `draft` changes nothing
+    assert torch.isfinite(model.head.log_prob(torch.randn(1, 32), y, draft=True)).all()

@@ -56,6 +56,9 @@ def sample_user_prompts(
     prefix = user_turn_prefix(tokenizer)
     settings = {"model": getattr(model.config, "base_model", None), "n": n, "max_new_tokens": max_new_tokens}
     settings |= {"temperature": temperature, "seed": seed, "prefix": prefix}
+    dtype = next(model.parameters()).dtype
+    if dtype != torch.float32:  # float32 runs keep the keys of caches written before dtype was recorded
+        settings["dtype"] = str(dtype).removeprefix("torch.")
     cache_file = Path(cache_dir) / f"prompts-{cache_key([], settings)}.json" if cache_dir is not None else None
     if cache_file is not None and cache_file.is_file():
         logger.info("synthetic prompts: reading %d from %s", n, cache_file)
@@ -75,6 +78,7 @@ def sample_user_prompts(
                 max_new_tokens=max_new_tokens,
                 eos_token_id=tokenizer.eos_token_id,
                 generator=generator,
+                attention="model",
             )
         for tokens in out.new_tokens:
             text = tokenizer.decode(tokens, skip_special_tokens=True).strip()

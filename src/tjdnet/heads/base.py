@@ -239,7 +239,9 @@ class JointHead(nn.Module):
         vocab = None if self.draft_vocab is None else self.draft_vocab.to(h.device)
         return BlockDistribution(self.log_init(h).float(), log_trans, log_emit, vocab)
 
-    def token_log_probs(self, h: torch.Tensor, y: torch.Tensor, first: torch.Tensor | None = None) -> torch.Tensor:
+    def token_log_probs(
+        self, h: torch.Tensor, y: torch.Tensor, first: torch.Tensor | None = None, draft: bool = False
+    ) -> torch.Tensor:
         """Log emission probability of each target under each component, memory-bounded.
 
         Vocabulary logits are produced chunk by chunk, so at most ``loss_chunk_elements`` of them are alive
@@ -250,24 +252,30 @@ class JointHead(nn.Module):
         Args:
             h: (N, D) hidden states; y: (N, H) targets, -100 where ignored; first: (N,) the blocks' first
                 tokens (token-conditioned heads only).
+            draft: emit over the draft vocabulary (when one is set); ``y`` then holds positions in it.
         Returns:
             (N, R, H) float32 log-probabilities, 0 at ignored targets.
         """
-        n, n_comp, vocab = h.shape[0], self.rank * self.horizon, self.config.vocab_size
+        draft = draft and self.draft_vocab is not None
+        if draft and torch.is_grad_enabled() and any(p.requires_grad for p in self.unembedding.parameters()):
+            raise ValueError("a loss in the draft vocabulary needs a frozen output embedding (not train_mode=full)")
+        layer = self.draft_unembedding() if draft else self.unembedding
+        n, n_comp = h.shape[0], self.rank * self.horizon
+        vocab = self.draft_vocab.size if draft else self.config.vocab_size
         targets = y.repeat(1, self.rank)  # (N, R*H), component index r * H + k
         budget = self.config.loss_chunk_elements
         comps_per_chunk = n_comp if budget >= vocab * n_comp else max(1, budget // vocab)
         rows_per_chunk = max(1, budget // (vocab * comps_per_chunk))
         needs_grad = torch.is_grad_enabled() and (h.requires_grad or self.adapters is not None)
         if needs_grad and self._frozen_linear_unembedding():
-            return self._fused_token_log_probs(h, targets, max(1, budget // vocab), first)
+            return self._fused_token_log_probs(h, targets, max(1, budget // vocab), first, layer)
         columns = []
         for c0 in range(0, n_comp, comps_per_chunk):
             c1 = min(c0 + comps_per_chunk, n_comp)
             rows = []
             for r0 in range(0, n, rows_per_chunk):
                 window = slice(r0, r0 + rows_per_chunk)
-                args = (h[window], targets[window, c0:c1], c0, c1, None if first is None else first[window])
+                args = (h[window], targets[window, c0:c1], c0, c1, None if first is None else first[window], draft)
                 if needs_grad:
                     rows.append(checkpoint(self._chunk_token_log_probs, *args, use_reentrant=False))
                 else:
@@ -280,32 +288,34 @@ class JointHead(nn.Module):
         return isinstance(layer, nn.Linear) and not any(p.requires_grad for p in layer.parameters())
 
     def _fused_token_log_probs(
-        self, h: torch.Tensor, targets: torch.Tensor, chunk_rows: int, first: torch.Tensor | None
+        self, h: torch.Tensor, targets: torch.Tensor, chunk_rows: int, first: torch.Tensor | None, layer: nn.Linear
     ) -> torch.Tensor:
         """(N, R, H) as :meth:`token_log_probs`, through :func:`target_log_probs` (no recomputation)."""
         z = self.component_states(h, first=first)  # (N, R*H, D)
         lp = target_log_probs(
-            z.reshape(-1, z.shape[-1]),
-            targets.clamp_min(0).reshape(-1),
-            self.unembedding.weight,
-            self.unembedding.bias,
-            chunk_rows,
+            z.reshape(-1, z.shape[-1]), targets.clamp_min(0).reshape(-1), layer.weight, layer.bias, chunk_rows
         )
         lp = lp.view(targets.shape) * (targets != IGNORE_INDEX)
         return lp.unflatten(1, (self.rank, self.horizon))
 
     def _chunk_token_log_probs(
-        self, h: torch.Tensor, targets: torch.Tensor, c0: int, c1: int, first: torch.Tensor | None
+        self, h: torch.Tensor, targets: torch.Tensor, c0: int, c1: int, first: torch.Tensor | None, draft: bool
     ) -> torch.Tensor:
-        logits = self.component_logits(h, slice(c0, c1), first)  # (n, c, V)
+        logits = self.component_logits(h, slice(c0, c1), first, draft)  # (n, c, V or S)
         picked = logits.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
         return (picked - torch.logsumexp(logits, dim=-1)) * (targets != IGNORE_INDEX)
 
-    def log_prob(self, h: torch.Tensor, y: torch.Tensor, first: torch.Tensor | None = None) -> torch.Tensor:
+    def log_prob(
+        self, h: torch.Tensor, y: torch.Tensor, first: torch.Tensor | None = None, draft: bool = False
+    ) -> torch.Tensor:
         """Exact normalised log p(y | h) for h (B, D), y (B, H); -100 targets are marginalised. (B,)
 
         A token-conditioned head reads ``first`` (B,), the token at the block's first position even where its
         label is ignored (default: ``y[:, 0]``, which must then be observed).
+
+        With ``draft`` and a draft vocabulary set, p is the distribution the head drafts from (each component
+        renormalised over the subset) and targets outside the subset are marginalised: the training loss of a
+        head that will only ever propose those tokens, at ~S/V of the full loss's cost.
         """
         self.check_hidden(h)
         self.check_targets(y)
@@ -313,7 +323,10 @@ class JointHead(nn.Module):
             if (y[:, 0] == IGNORE_INDEX).any():
                 raise ValueError("a token-conditioned head needs first=... where a block's first target is ignored")
             first = y[:, 0]
-        token_lp = self.token_log_probs(h, y, first)
+        if draft and self.draft_vocab is not None:
+            local = self.draft_vocab.to(y.device).local(y.clamp_min(0))
+            y = torch.where((y == IGNORE_INDEX) | (local < 0), IGNORE_INDEX, local)
+        token_lp = self.token_log_probs(h, y, first, draft)
         return chain_log_prob(self.log_init(h).float(), _float_or_none(self.log_trans(h)), token_lp)
 
     def num_parameters(self) -> int:

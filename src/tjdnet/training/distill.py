@@ -12,7 +12,11 @@ from tjdnet.evaluation import prompt_batches
 
 
 def base_model_answerer(model, tokenizer, max_new_tokens: int, batch_size: int) -> Callable[[list[str]], list[str]]:
-    """A ``generate_fn(questions) -> answers`` using greedy KV-cached decoding of the original model."""
+    """A ``generate_fn(questions) -> answers`` using greedy KV-cached decoding of the original model.
+
+    Decoding uses the model's own attention kernel: training targets need no bit-exact 16-bit attention, and
+    the exact one costs most at the wide batches distillation runs.
+    """
 
     def answer(questions: list[str]) -> list[str]:
         examples = [Example(q, None) for q in questions]
@@ -23,7 +27,12 @@ def base_model_answerer(model, tokenizer, max_new_tokens: int, batch_size: int) 
         with off, torch.inference_mode():
             for _, ids, mask in prompt_batches(tokenizer, examples, batch_size, str(ids_device(model))):
                 out = model.generate(
-                    ids, mask, gen_mode="ar", max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id
+                    ids,
+                    mask,
+                    gen_mode="ar",
+                    max_new_tokens=max_new_tokens,
+                    eos_token_id=tokenizer.eos_token_id,
+                    attention="model",
                 )
                 texts += [tokenizer.decode(t, skip_special_tokens=True) for t in out.new_tokens]
         model.train(was_training)

@@ -74,22 +74,26 @@ def collect_features(
     return Features(torch.cat(hidden), torch.cat(targets), torch.cat(first))
 
 
-def head_nll(model: TJDModel, features: Features) -> torch.Tensor:
-    """Mean negative log-likelihood per target token of ``model.head`` on the features (with grad)."""
+def head_nll(model: TJDModel, features: Features, draft: bool = False) -> torch.Tensor:
+    """Mean negative log-likelihood per target token of ``model.head`` on the features (with grad).
+
+    ``draft``: of the head's draft distribution, targets outside its draft vocabulary ignored
+    (:meth:`~tjdnet.heads.base.JointHead.log_prob`); the mean is still over all target tokens.
+    """
     y = features.targets[:, : model.horizon]
     h = features.hidden.to(model.head.unembedding.weight.dtype)
     n_tokens = int((y != IGNORE_INDEX).sum())
-    return -model.head.log_prob(h, y, features.first).sum() / max(n_tokens, 1)
+    return -model.head.log_prob(h, y, features.first, draft=draft).sum() / max(n_tokens, 1)
 
 
 @torch.no_grad()
-def evaluate_head(model: TJDModel, features: Features, batch_positions: int = 256) -> float:
-    """Held-out NLL per target token (averaged over positions in chunks)."""
+def evaluate_head(model: TJDModel, features: Features, batch_positions: int = 256, draft: bool = False) -> float:
+    """Held-out NLL per target token (averaged over positions in chunks; ``draft``: as :func:`head_nll`)."""
     total, count = 0.0, 0
     for start in range(0, len(features), batch_positions):
         chunk = features[start : start + batch_positions]
         n = int((chunk.targets[:, : model.horizon] != IGNORE_INDEX).sum())
-        total += head_nll(model, chunk).item() * n
+        total += head_nll(model, chunk, draft).item() * n
         count += n
     return total / max(count, 1)
 
@@ -103,11 +107,13 @@ def fit_head(
     warmup_steps: int = 3,
     seed: int = 0,
     log_every: int = 5,
+    draft: bool = False,
 ) -> list[float]:
     """Train ``model.head`` (only) on the features with AdamW and the ``fit`` schedule; returns step losses.
 
     The positions of each step come from ``seed`` alone (an epoch-wise shuffle), so heads trained with the
-    same seed, steps and batch size see exactly the same data in the same order.
+    same seed, steps and batch size see exactly the same data in the same order. ``draft``: train the
+    distribution drafted from the head's draft vocabulary (:func:`head_nll`).
     """
     if steps < 1 or batch_positions < 1:
         raise ValueError(f"steps={steps} and batch_positions={batch_positions} must both be >= 1")
@@ -123,7 +129,7 @@ def fit_head(
             order, cursor = torch.randperm(len(features), generator=generator), 0
         index = order[cursor : cursor + batch_positions]
         cursor += batch_positions
-        loss = head_nll(model, features[index])
+        loss = head_nll(model, features[index], draft)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
