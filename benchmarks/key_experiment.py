@@ -36,7 +36,7 @@ from tjdnet.heads.vocab import frequent_tokens
 from tjdnet.loading import load_causal_lm
 from tjdnet.machine import machine_info
 from tjdnet.model import TJDConfig, TJDModel
-from tjdnet.training.distill import base_model_answerer
+from tjdnet.training.distill import base_model_answerer, distill_settings
 from tjdnet.training.head_features import collect_features, evaluate_head, fit_head
 
 logger = logging.getLogger("key_experiment")
@@ -66,9 +66,7 @@ def results_of(results: dict[str, dict], name: str) -> dict[str, dict]:
 
 def distill(args: argparse.Namespace, teacher: TJDModel, tokenizer) -> list[Example]:
     """GSM8K-train questions and (``--chat_prompts``) self-written chat prompts with ``teacher``'s answers."""
-    settings = {"model": args.model, "max_new_tokens": args.distill_max_new_tokens, "greedy": True}
-    if args.teacher_dtype != "float32":  # float32 keeps the cache keys of the earlier runs
-        settings["dtype"] = args.teacher_dtype
+    settings = distill_settings(args.model, args.distill_max_new_tokens, args.teacher_dtype)
     questions = load_examples("gsm8k", "train", args.gsm8k, args.train_questions, args.seed)
     answer = base_model_answerer(teacher, tokenizer, args.distill_max_new_tokens, args.distill_batch_size)
     cache = experiments_dir() / "selfdistill"

@@ -286,7 +286,10 @@ class TJDModel(nn.Module):
             keep &= (positions % horizon == phase)[None]
         h, y, first = hidden[keep], targets[keep], next_tokens(input_ids)[keep]  # (N, D), (N, H), (N,)
         n_tokens = int((y != IGNORE_INDEX).sum())
-        head_nll = -self.head.log_prob(h, y, first).sum() / max(n_tokens, 1)
+        # A head that drafts from a subset of the vocabulary learns the distribution it will draft from, at S/V
+        # of the cost (`full` mode trains the output embedding itself, which the subset's copy would not).
+        in_draft_vocab = self.head.draft_vocab is not None and self.config.train_mode != "full"
+        head_nll = -self.head.log_prob(h, y, first, draft=in_draft_vocab).sum() / max(n_tokens, 1)
         loss, lm_nll = head_nll, None
         if self.config.loss_mode == "joint":
             first = targets[..., :1]  # every position with a next-token label, not only the kept ones

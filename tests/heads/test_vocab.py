@@ -129,3 +129,16 @@ def test_loss_in_the_draft_vocab_needs_a_frozen_output_embedding():
         model.head.log_prob(torch.randn(1, 32), y, draft=True)
     model.head.set_draft_vocab(None)  # without a draft vocabulary `draft` changes nothing
     assert torch.isfinite(model.head.log_prob(torch.randn(1, 32), y, draft=True)).all()
+
+
+def test_the_training_loss_of_a_head_with_a_draft_vocab_is_taken_in_it():
+    model = build("llama", "cp", 3)
+    ids = torch.randint(3, TINY_VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = model(ids).head_nll
+        model.head.set_draft_vocab(list(range(TINY_VOCAB)))  # the whole vocabulary: the same loss
+        torch.testing.assert_close(model(ids).head_nll, full)
+        model.head.set_draft_vocab(SUBSET)  # renormalised over fewer tokens, outside targets dropped: lower
+        assert model(ids).head_nll < full - 0.1
+        model.config.train_mode = "full"  # trains the output embedding: the loss stays over all of it
+        torch.testing.assert_close(model(ids).head_nll, full)

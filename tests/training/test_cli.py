@@ -12,6 +12,7 @@ import torch
 from tiny_models import save_tiny_model_dir
 
 from tjdnet.cli import main
+from tjdnet.training.restore import load_trained
 
 FIT = [
     "--model.model_head", "cp", "--model.horizon", "3", "--model.rank", "2", "--model.hidden_dim", "8",
@@ -119,6 +120,7 @@ def test_truncated_checkpoint_is_a_clear_error(model_dir, experiments, capsys):
         (["--data.seq_len", "3"], "horizon=3 does not fit in seq_len=3"),
         (["--data.seq_len", "12"], "seq_len=12 leaves no room for the answer"),
         (["--model.model_head", "tucker"], "unknown head 'tucker'"),
+        (["--model.draft_vocab_size", "0"], "draft_vocab_size=0 is not allowed; use an integer in 1.."),
     ],
 )
 def test_bad_fit_arguments(model_dir, experiments, capsys, extra, message):
@@ -182,3 +184,19 @@ def test_selfdistill_regenerates_answers_with_the_base_model_once(model_dir, exp
     args[args.index("--run_name") + 1] = "sd2"
     assert run(args, capsys)[0] == 0
     assert cached[0].stat().st_mtime == before  # the second fit reuses the cache
+
+
+def test_fit_with_a_draft_vocab_saves_it_and_decodes_losslessly_from_it(model_dir, experiments, capsys):
+    args = ["fit", "--model.model", model_dir, *FIT, "--model.train_mode", "head", "--model.draft_vocab_size", "24",
+            "--run_name", "dv"]  # fmt: skip
+    assert run(args, capsys)[0] == 0
+    ckpt = experiments / "dv" / "best.ckpt"
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)["draft_vocab"]
+    assert len(saved) == 24 and saved == sorted(saved)
+    module, _ = load_trained(ckpt)
+    assert module.model.head.draft_vocab.ids.tolist() == saved
+    test = ["test", "--ckpt_path", str(ckpt), "--data.max_num_samples", "2", "--max_new_tokens", "6",
+            "--gen_modes", "ar,speculative,speculative_tree"]  # fmt: skip
+    assert run(test, capsys)[0] == 0
+    results = json.loads((experiments / "dv" / "test_results.json").read_text())["results"]
+    assert results["speculative"]["identical_to_ar"] == 1.0 and results["speculative_tree"]["identical_to_ar"] == 1.0

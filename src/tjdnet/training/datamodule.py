@@ -92,11 +92,11 @@ class TJDDataModule(L.LightningDataModule):
         logger.info("%s: %d training rows, %d validation rows", self.name, len(self.train_rows), len(self.eval_rows))
 
     def _distill(self, module, tokenizer, examples):
-        from tjdnet.training.distill import base_model_answerer
+        from tjdnet.training.distill import base_model_answerer, distill_settings
 
         h = self.hparams
         answer = base_model_answerer(module.model, tokenizer, h.distill_max_new_tokens, h.batch_size)
-        settings = {"model": module.hparams.model, "max_new_tokens": h.distill_max_new_tokens, "greedy": True}
+        settings = distill_settings(module.hparams.model, h.distill_max_new_tokens, module.hparams.dtype)
         from tjdnet.cli import experiments_dir
 
         return self_distill(examples, answer, experiments_dir() / "selfdistill", h.batch_size, settings)

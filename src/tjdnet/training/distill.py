@@ -41,5 +41,16 @@ def base_model_answerer(model, tokenizer, max_new_tokens: int, batch_size: int) 
     return answer
 
 
+def distill_settings(model: str, max_new_tokens: int, dtype: str = "float32") -> dict:
+    """The generation settings a self-distillation cache is keyed by (greedy decoding of ``model``).
+
+    ``dtype`` enters only when it is not float32, so caches written before it was recorded keep their keys.
+    """
+    settings = {"model": model, "max_new_tokens": max_new_tokens, "greedy": True}
+    if dtype != "float32":
+        settings["dtype"] = dtype
+    return settings
+
+
 def ids_device(model) -> torch.device:
     return next(model.parameters()).device

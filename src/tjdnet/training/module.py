@@ -8,6 +8,8 @@ from functools import partial
 import lightning as L
 import torch
 
+from tjdnet.data import answer_tokens
+from tjdnet.heads.vocab import frequent_tokens
 from tjdnet.loading import load_causal_lm
 from tjdnet.model import TJDConfig, TJDModel
 
@@ -58,6 +60,9 @@ class TJDLitModule(L.LightningModule):
         lr: peak learning rate (AdamW), reached after ``warmup_steps``, then cosine decay to 10%.
         dtype: weights of the base model: ``float32`` or ``bfloat16``.
         max_new_tokens: length of the sample printed after each validation.
+        draft_vocab_size: draft from the S most frequent answer tokens of the training data (and EOS) only
+            (:mod:`tjdnet.heads.vocab`); the head's loss is then taken over those S tokens, at ~S/V of its cost
+            (over the whole vocabulary in ``full`` mode). None: the whole vocabulary. Saved in the checkpoint.
     """
 
     def __init__(
@@ -78,6 +83,7 @@ class TJDLitModule(L.LightningModule):
         warmup_steps: int = 0,
         dtype: str = "float32",
         max_new_tokens: int = 128,
+        draft_vocab_size: int | None = None,
     ) -> None:
         super().__init__()
         horizon = default_horizon(model_head) if horizon is None else horizon
@@ -91,6 +97,11 @@ class TJDLitModule(L.LightningModule):
         config.validate()  # before the (slow) model load
         lm, self.tokenizer = load_causal_lm(model, dtype=dtype)
         self.model = TJDModel(lm, config)
+        vocab_size = self.model.vocab_size
+        if draft_vocab_size is not None and not (
+            isinstance(draft_vocab_size, int) and 1 <= draft_vocab_size <= vocab_size
+        ):
+            raise ValueError(f"draft_vocab_size={draft_vocab_size!r} is not allowed; use an integer in 1..{vocab_size}")
         self.model.train()
         # Checkpoints hold only what training changes; the frozen backbone comes from `model`.
         self.strict_loading = False
@@ -98,6 +109,16 @@ class TJDLitModule(L.LightningModule):
     @property
     def horizon(self) -> int:
         return self.model.horizon
+
+    def setup(self, stage: str) -> None:
+        """Choose the draft vocabulary from the training rows (the datamodule is set up before this hook)."""
+        size = self.hparams.draft_vocab_size
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if size is None or self.model.head.draft_vocab is not None or not getattr(datamodule, "train_rows", None):
+            return
+        answers = [answer_tokens(row) for row in datamodule.train_rows]
+        ids = frequent_tokens(answers, size, self.model.vocab_size, keep=[self.tokenizer.eos_token_id])
+        self.model.head.set_draft_vocab(ids)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self.model(batch["input_ids"], batch["attention_mask"], batch["labels"])
@@ -129,11 +150,14 @@ class TJDLitModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         keep = self.trainable_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        vocab = self.model.head.draft_vocab
+        checkpoint["draft_vocab"] = None if vocab is None else vocab.ids.tolist()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         missing = self.trainable_keys() - set(checkpoint["state_dict"])
         if missing:
             raise ValueError(f"checkpoint lacks {len(missing)} trained weights, e.g. {sorted(missing)[0]}")
+        self.model.head.set_draft_vocab(checkpoint.get("draft_vocab"))
 
 
 def config_hparams(config: TJDConfig) -> dict:
