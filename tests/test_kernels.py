@@ -1,7 +1,10 @@
+import threading
+
 import pytest
 import torch
 from torch import nn
 
+from tjdnet import kernels
 from tjdnet.kernels import INVARIANT_ROWS, OneDNNLinear, row_blocks, use_onednn_linears
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
@@ -69,3 +72,13 @@ def test_row_blocks_give_each_bfloat16_row_the_bits_of_its_own_product(rows):
     with torch.no_grad(), row_blocks():
         single = torch.stack([torch.cat([layer(x[b, i : i + 1]) for i in range(rows)]) for b in range(2)])
         assert torch.equal(layer(x), single)
+
+
+def test_row_blocks_apply_to_the_calling_thread_only():
+    seen = []
+    with row_blocks(8):
+        other = threading.Thread(target=lambda: seen.append(kernels._row_block.rows))
+        other.start()
+        other.join()
+        assert kernels._row_block.rows == 8
+    assert seen == [None] and kernels._row_block.rows is None

@@ -17,6 +17,7 @@ float32 models keep the model's own attention: their rounding is fine enough tha
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -65,22 +66,29 @@ def exact_attention(
     return out.transpose(1, 2).to(query.dtype).contiguous(), None
 
 
-# (mask or causal shape, its float64 form): one forward hands every layer the same mask
-_last_mask: list = [None, None]
+class _MaskCache(threading.local):
+    """The last (mask or causal shape, its float64 form), per thread: one forward hands every layer the same mask."""
+
+    key: object = None
+    value: torch.Tensor | None = None
+
+
+_last_mask = _MaskCache()
 
 
 def _additive_mask(mask: torch.Tensor | None, q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:
     """(B or 1, 1, q, L) float64 mask, 0 where a query attends and ``_MASKED`` elsewhere; None means causal."""
     key = (q_len, kv_len, device) if mask is None else mask
-    if key is _last_mask[0] or (mask is None and isinstance(_last_mask[0], tuple) and key == _last_mask[0]):
-        return _last_mask[1]
+    cached = _last_mask.key
+    if key is cached or (mask is None and isinstance(cached, tuple) and key == cached):
+        return _last_mask.value
     if mask is None:
         mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=device).tril_(kv_len - q_len)[None, None]
     if mask.dtype == torch.bool:
         additive = torch.zeros(mask.shape, dtype=torch.float64, device=device).masked_fill_(~mask, _MASKED)
     else:
         additive = mask.to(torch.float64).clamp_(min=_MASKED)
-    _last_mask[:] = [key, additive]
+    _last_mask.key, _last_mask.value = key, additive
     return additive
 
 
@@ -112,6 +120,6 @@ def exact_attention_in(lm: torch.nn.Module, enabled: bool = True) -> Iterator[No
         with row_blocks():
             yield
     finally:
-        _last_mask[:] = [None, None]  # let the last mask go
+        _last_mask.key = _last_mask.value = None  # let the last mask go
         if previous != EXACT:
             lm.set_attn_implementation(previous)
