@@ -2,11 +2,13 @@
 
 1. Self-distil GSM8K-train questions with the base model (greedy, cached under ``experiments/selfdistill``,
    the same cache ``tjdnet fit --data.dataset selfdistill`` uses); with ``--chat_prompts N``, also N chat
-   prompts the model writes itself (``tjdnet.data.synthetic``), answered the same way.
+   prompts the model writes itself (``tjdnet.data.synthetic``), answered the same way (``--teacher_dtype
+   bfloat16``: by the model in bfloat16, as it will decode).
 2. Run the frozen backbone once over them and keep the answer positions (``head`` mode: every head would see
    exactly these hidden states).
 3. Train every head config on the same positions, in the same order, for the same steps
-   (``tjdnet.training.head_features``); save each with ``save_pretrained`` and report its held-out NLL.
+   (``tjdnet.training.head_features``; ``--train_in_draft_vocab``: in its draft vocabulary); save each with
+   ``save_pretrained`` and report its held-out NLL.
 4. Decode GSM8K dev and MT-Bench prompts with our ``ar`` and every head's ``speculative`` mode (and, with
    ``--tree_nodes N``, its ``speculative_tree`` mode), all interleaved per prompt in one process on the shared
    backbone (``tjdnet.bench.runner.bench_generators``); write one
