@@ -114,8 +114,8 @@ def test_loss_in_the_draft_vocab_is_the_drafted_distribution_with_outside_target
     loss = model.head.log_prob(h, y, first, draft=True)
     with torch.no_grad():
         block = model.head(h, first=first)
-    inside = torch.where(torch.isin(y, torch.tensor(SUBSET)), y, IGNORE_INDEX)
         evaluated = model.head.log_prob(h, y, first, draft=True)  # no grad: the chunked path
+    inside = torch.where(torch.isin(y, torch.tensor(SUBSET)), y, IGNORE_INDEX)
     torch.testing.assert_close(loss.detach(), block.log_prob(inside))
     torch.testing.assert_close(evaluated, block.log_prob(inside))
     loss.sum().backward()
