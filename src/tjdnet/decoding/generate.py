@@ -234,13 +234,15 @@ def generate(
     n_caches = 2 if verify_with_base else 1
     rows = _Rows([DynamicCache(config=model.lm.config) for _ in range(n_caches)], attention_mask, None)
 
-    def forward(tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor):
-        """One step: (draft hidden (A, n, D), verifier log-probs (A, n, V)); counts the passes."""
-        hidden = model.hidden_states(tokens, mask, positions, rows.caches[0])
+    def forward(tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, last_only: bool = False):
+        """One step: (draft hidden (A, n, D), verifier log-probs (A, n, V)), n = 1 when ``last_only`` (the
+        prefill: no vocabulary product for the prompt's other positions); counts the passes."""
+        keep = slice(-1, None) if last_only else slice(None)
+        hidden = model.hidden_states(tokens, mask, positions, rows.caches[0])[:, keep]
         verify_hidden = hidden
         if verify_with_base:
             with model.adapters_disabled():
-                verify_hidden = model.hidden_states(tokens, mask, positions, rows.caches[1])
+                verify_hidden = model.hidden_states(tokens, mask, positions, rows.caches[1])[:, keep]
         for r in rows.index.tolist():
             stats.rows[r].forward_passes += 1
         stats.forward_passes += n_caches
@@ -251,7 +253,7 @@ def generate(
         if max_new_tokens == 0:
             return _finish(input_ids, out, stats, pad_token_id, streamer)
         positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-        hidden, log_p = forward(input_ids, attention_mask, positions)
+        hidden, log_p = forward(input_ids, attention_mask, positions, last_only=True)
         rows.next_pos = attention_mask.long().sum(-1)
         hidden, log_p = hidden[:, -1], log_p[:, -1]
         stats.prefill_time_s = time.perf_counter() - start
