@@ -48,6 +48,12 @@ def self_distill(
     return [Example(q, a) for q, a in zip(questions, answers, strict=True)]
 
 
+def with_dtype(settings: dict[str, Any], dtype: str) -> dict[str, Any]:
+    """``settings`` with the generating model's dtype added, unless it is float32: caches written before the
+    dtype was recorded (all float32) keep their keys."""
+    return settings if dtype == "float32" else {**settings, "dtype": dtype}
+
+
 def cache_key(questions: Sequence[str], settings: dict[str, Any] | None) -> str:
     """A short hex digest of the questions and settings."""
     payload = json.dumps({"questions": list(questions), "settings": settings}, sort_keys=True, ensure_ascii=False)

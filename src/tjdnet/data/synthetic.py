@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from tjdnet.data.formatting import has_chat_template
-from tjdnet.data.selfdistill import cache_key
+from tjdnet.data.selfdistill import cache_key, with_dtype
 from tjdnet.files import write_json
 
 logger = logging.getLogger(__name__)
@@ -56,9 +56,7 @@ def sample_user_prompts(
     prefix = user_turn_prefix(tokenizer)
     settings = {"model": getattr(model.config, "base_model", None), "n": n, "max_new_tokens": max_new_tokens}
     settings |= {"temperature": temperature, "seed": seed, "prefix": prefix}
-    dtype = next(model.parameters()).dtype
-    if dtype != torch.float32:  # float32 runs keep the keys of caches written before dtype was recorded
-        settings["dtype"] = str(dtype).removeprefix("torch.")
+    settings = with_dtype(settings, str(next(model.parameters()).dtype).removeprefix("torch."))
     cache_file = Path(cache_dir) / f"prompts-{cache_key([], settings)}.json" if cache_dir is not None else None
     if cache_file is not None and cache_file.is_file():
         logger.info("synthetic prompts: reading %d from %s", n, cache_file)

@@ -53,13 +53,18 @@ class DraftVocab:
         return full.index_copy_(-1, self.ids, log_q)
 
 
+def check_draft_vocab_size(size: object, vocab_size: int, name: str = "draft vocabulary size") -> None:
+    """A one-line error unless ``size`` is an integer in 1..``vocab_size`` (``name`` says which argument)."""
+    if not isinstance(size, int) or not 1 <= size <= vocab_size:
+        raise ValueError(f"{name}={size!r} is not allowed; use an integer in 1..{vocab_size}")
+
+
 def frequent_tokens(
     sequences: Iterable[Sequence[int]], size: int, vocab_size: int, keep: Iterable[int] = ()
 ) -> list[int]:
     """The ``size`` token ids to draft from: ``keep`` (e.g. EOS), then the most frequent tokens of ``sequences``
     (ties: lower id first), topped up with the lowest ids not yet taken. Sorted."""
-    if not isinstance(size, int) or not 1 <= size <= vocab_size:
-        raise ValueError(f"draft vocabulary size={size!r} is not allowed; use an integer in 1..{vocab_size}")
+    check_draft_vocab_size(size, vocab_size)
     chosen = list(dict.fromkeys(int(t) for t in keep))[:size]
     counts = Counter(t for seq in sequences for t in seq)
     taken = set(chosen)

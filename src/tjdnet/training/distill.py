@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 
 from tjdnet.data import Example
+from tjdnet.data.selfdistill import with_dtype
 from tjdnet.evaluation import prompt_batches
 
 
@@ -42,14 +43,8 @@ def base_model_answerer(model, tokenizer, max_new_tokens: int, batch_size: int) 
 
 
 def distill_settings(model: str, max_new_tokens: int, dtype: str = "float32") -> dict:
-    """The generation settings a self-distillation cache is keyed by (greedy decoding of ``model``).
-
-    ``dtype`` enters only when it is not float32, so caches written before it was recorded keep their keys.
-    """
-    settings = {"model": model, "max_new_tokens": max_new_tokens, "greedy": True}
-    if dtype != "float32":
-        settings["dtype"] = dtype
-    return settings
+    """The generation settings a self-distillation cache is keyed by (greedy decoding of ``model``)."""
+    return with_dtype({"model": model, "max_new_tokens": max_new_tokens, "greedy": True}, dtype)
 
 
 def ids_device(model) -> torch.device:

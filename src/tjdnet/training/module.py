@@ -9,7 +9,7 @@ import lightning as L
 import torch
 
 from tjdnet.data import answer_tokens
-from tjdnet.heads.vocab import frequent_tokens
+from tjdnet.heads.vocab import check_draft_vocab_size, frequent_tokens
 from tjdnet.loading import load_causal_lm
 from tjdnet.model import TJDConfig, TJDModel
 
@@ -97,11 +97,8 @@ class TJDLitModule(L.LightningModule):
         config.validate()  # before the (slow) model load
         lm, self.tokenizer = load_causal_lm(model, dtype=dtype)
         self.model = TJDModel(lm, config)
-        vocab_size = self.model.vocab_size
-        if draft_vocab_size is not None and not (
-            isinstance(draft_vocab_size, int) and 1 <= draft_vocab_size <= vocab_size
-        ):
-            raise ValueError(f"draft_vocab_size={draft_vocab_size!r} is not allowed; use an integer in 1..{vocab_size}")
+        if draft_vocab_size is not None:
+            check_draft_vocab_size(draft_vocab_size, self.model.vocab_size, "draft_vocab_size")
         self.model.train()
         # Checkpoints hold only what training changes; the frozen backbone comes from `model`.
         self.strict_loading = False
