@@ -3,7 +3,8 @@
 1. Self-distil GSM8K-train questions with the base model (greedy, cached under ``experiments/selfdistill``,
    the same cache ``tjdnet fit --data.dataset selfdistill`` uses); with ``--chat_prompts N``, also N chat
    prompts the model writes itself (``tjdnet.data.synthetic``), answered the same way (``--teacher_dtype
-   bfloat16``: by the model in bfloat16, as it will decode).
+   bfloat16``: by the model in bfloat16, as it will decode); with ``--opener_prompts N``, N more whose user
+   message starts with one of ``REQUEST_OPENERS`` (writing, role-play, coding, ... requests).
 2. Run the frozen backbone once over them and keep the answer positions (``head`` mode: every head would see
    exactly these hidden states).
 3. Train every head config on the same positions, in the same order, for the same steps
@@ -32,6 +33,7 @@ import torch
 from tjdnet.bench.runner import bench_generators, format_bench_table
 from tjdnet.cli import experiments_dir
 from tjdnet.data import Example, answer_tokens, encode_example, load_examples, sample_user_prompts, self_distill
+from tjdnet.data.synthetic import REQUEST_OPENERS
 from tjdnet.decoding import DEFAULT_TREE_TOPK, mode_arguments
 from tjdnet.files import write_json
 from tjdnet.heads.vocab import frequent_tokens
@@ -67,17 +69,20 @@ def results_of(results: dict[str, dict], name: str) -> dict[str, dict]:
 
 
 def distill(args: argparse.Namespace, teacher: TJDModel, tokenizer) -> list[Example]:
-    """GSM8K-train questions and (``--chat_prompts``) self-written chat prompts with ``teacher``'s answers."""
+    """GSM8K-train questions and self-written chat prompts (``--chat_prompts``, ``--opener_prompts``) with
+    ``teacher``'s answers."""
     settings = distill_settings(args.model, args.distill_max_new_tokens, args.teacher_dtype)
     questions = load_examples("gsm8k", "train", args.gsm8k, args.train_questions, args.seed)
     answer = base_model_answerer(teacher, tokenizer, args.distill_max_new_tokens, args.distill_batch_size)
     cache = experiments_dir() / "selfdistill"
     distilled = self_distill(questions, answer, cache, args.distill_batch_size, settings)
-    if args.chat_prompts:
-        prompts = sample_user_prompts(
-            teacher, tokenizer, args.chat_prompts, args.distill_batch_size, seed=args.seed, cache_dir=cache
-        )
-        distilled += self_distill([Example(p, None) for p in prompts], answer, cache, args.distill_batch_size, settings)
+    for n, openers in ((args.chat_prompts, ()), (args.opener_prompts, REQUEST_OPENERS)):
+        if n:
+            prompts = sample_user_prompts(
+                teacher, tokenizer, n, args.distill_batch_size, seed=args.seed, cache_dir=cache, openers=openers
+            )
+            chat = [Example(p, None) for p in prompts]
+            distilled += self_distill(chat, answer, cache, args.distill_batch_size, settings)
     return distilled
 
 
@@ -89,6 +94,9 @@ def main() -> None:
     parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="head:rank:horizon, comma-separated")
     parser.add_argument("--train_questions", type=int, default=64)
     parser.add_argument("--chat_prompts", type=int, default=0, help="self-written chat prompts added to the data")
+    parser.add_argument(
+        "--opener_prompts", type=int, default=0, help="self-written chat prompts that start with a request opener"
+    )
     parser.add_argument("--distill_max_new_tokens", type=int, default=128)
     parser.add_argument("--distill_batch_size", type=int, default=8)
     parser.add_argument(
@@ -196,6 +204,7 @@ def main() -> None:
         "model": args.model,
         "distilled_questions": len(distilled),
         "chat_prompts": args.chat_prompts,
+        "opener_prompts": args.opener_prompts,
         "answer_positions": len(features),
         "train_positions": len(train),
         "held_out_positions": len(held_out),

@@ -58,6 +58,21 @@ def test_sampled_prompts_are_complete_distinct_turns_and_cached(chat_tokenizer, 
     assert again == prompts  # read back: the scripted model would fail if called
 
 
+def test_openers_start_the_prompts_batch_by_batch(chat_tokenizer, tmp_path):
+    eos = chat_tokenizer.eos_token_id
+    say = lambda text: chat_tokenizer(text)["input_ids"] + [eos]  # noqa: E731
+    model = ScriptedModel([[say(" a haiku about rain.")], [say(" me the capital of France.")]])
+    openers = ("Write", "Tell")
+    prompts = sample_user_prompts(model, chat_tokenizer, 2, batch_size=1, cache_dir=tmp_path, openers=openers)
+    seen = [chat_tokenizer.decode(ids[0]) for ids in model.prompts]
+    assert sorted(seen) == ["<|user|>\nTell", "<|user|>\nWrite"]  # each opener once, in a seeded order
+    first, second = (text.removeprefix("<|user|>\n") for text in seen)
+    assert prompts == [first + " a haiku about rain.", second + " me the capital of France."]
+    plain = ScriptedModel([[say("How do I bake bread at home?"), say("Explain photosynthesis simply.")]])
+    sample_user_prompts(plain, chat_tokenizer, 2, batch_size=2, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("prompts-*.json"))) == 2  # openers are part of the cache key
+
+
 def test_a_model_that_never_ends_its_turn_gives_a_clear_error(chat_tokenizer):
     endless = [chat_tokenizer("and so on and so forth")["input_ids"]]
     with pytest.raises(RuntimeError, match="only 0 complete distinct prompts of the 2"):

@@ -4,12 +4,18 @@ Render the chat template up to where the user's message would start and let the 
 up to its end-of-turn token is a request it expects users to make. Self-distilling answers to such prompts gives
 a draft head chat data for the model's own distribution without any dataset. Sampling is seeded and the prompts
 are cached, so a second run reads them back.
+
+Left to itself a small model writes the same few kinds of request over and over (SmolLM2-135M: career advice).
+``openers`` widens the spread: each batch starts the user's message with one of them (e.g. "Write a poem",
+"Implement a Python function") and the model writes the rest; :data:`REQUEST_OPENERS` spans the usual kinds of
+chat request (writing, role-play, reasoning, math, coding, extraction, science, humanities, advice).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -22,6 +28,53 @@ logger = logging.getLogger(__name__)
 
 _SENTINEL = "\x00tjdnet-user-message\x00"
 MIN_PROMPT_CHARS = 10
+
+REQUEST_OPENERS: tuple[str, ...] = (
+    "Write a",
+    "Write a short story",
+    "Write a poem",
+    "Compose an email",
+    "Draft a",
+    "Rewrite the following",
+    "Edit this paragraph",
+    "Imagine you are",
+    "Pretend to be",
+    "Act as",
+    "You are a",
+    "Describe",
+    "Explain",
+    "Explain the difference between",
+    "Why do",
+    "How does",
+    "What are the main",
+    "Compare",
+    "Summarize",
+    "Extract",
+    "Given the following",
+    "Here is a",
+    "Classify",
+    "Solve",
+    "Calculate",
+    "If",
+    "Suppose",
+    "A train",
+    "Implement a Python function",
+    "Write a program",
+    "Write a SQL query",
+    "Fix the bug in",
+    "What is",
+    "Can you",
+    "How can I",
+    "Give me",
+    "List",
+    "Suggest",
+    "Analyze",
+    "Discuss",
+    "Evaluate",
+    "Create a",
+    "Plan a",
+    "Design a",
+)
 
 
 def user_turn_prefix(tokenizer) -> str:
@@ -43,6 +96,7 @@ def sample_user_prompts(
     temperature: float = 1.0,
     seed: int = 0,
     cache_dir: str | Path | None = None,
+    openers: Sequence[str] = (),
 ) -> list[str]:
     """``n`` distinct prompts the model writes in the user's turn, each a complete turn (it ended with EOS).
 
@@ -50,23 +104,30 @@ def sample_user_prompts(
         model: a :class:`~tjdnet.model.TJDModel` (its next-token head samples).
         max_new_tokens: longest prompt in tokens; longer samples are dropped.
         cache_dir: where ``prompts-<key>.json`` is kept, keyed by the settings; None: no cache.
+        openers: starts of the user's message, one per batch in a seeded order (each prompt begins with its
+            batch's opener); empty: the model starts the message itself.
     """
     if n < 1 or batch_size < 1:
         raise ValueError(f"n={n} and batch_size={batch_size} must be positive integers")
     prefix = user_turn_prefix(tokenizer)
     settings = {"model": getattr(model.config, "base_model", None), "n": n, "max_new_tokens": max_new_tokens}
     settings |= {"temperature": temperature, "seed": seed, "prefix": prefix}
+    if openers:
+        settings["openers"] = list(openers)
     settings = with_dtype(settings, str(next(model.parameters()).dtype).removeprefix("torch."))
     cache_file = Path(cache_dir) / f"prompts-{cache_key([], settings)}.json" if cache_dir is not None else None
     if cache_file is not None and cache_file.is_file():
         logger.info("synthetic prompts: reading %d from %s", n, cache_file)
         return json.loads(cache_file.read_text())
-    prompt_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
     generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(openers), generator=generator).tolist() if openers else []
     prompts: list[str] = []
     seen: set[str] = set()
-    for _ in range(8 * (n // batch_size + 1)):  # bounded: a model that never ends its turn gives up
-        ids = torch.tensor([prompt_ids] * batch_size, device=next(model.parameters()).device)
+    for batch in range(8 * (n // batch_size + 1)):  # bounded: a model that never ends its turn gives up
+        opener = openers[order[batch % len(order)]] if openers else ""
+        opener_ids = tokenizer(opener, add_special_tokens=False)["input_ids"] if opener else []
+        ids = torch.tensor([prefix_ids + opener_ids] * batch_size, device=next(model.parameters()).device)
         with torch.inference_mode():
             out = model.generate(
                 ids,
@@ -79,7 +140,7 @@ def sample_user_prompts(
                 attention="model",
             )
         for tokens in out.new_tokens:
-            text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            text = tokenizer.decode(opener_ids + tokens, skip_special_tokens=True).strip()
             if tokens and tokens[-1] == tokenizer.eos_token_id and len(text) >= MIN_PROMPT_CHARS and text not in seen:
                 seen.add(text)
                 prompts.append(text)
