@@ -27,7 +27,8 @@ main: venv
 # ---- end of main job ----
 
 lint: venv
-	$(OFFLINE) $(BIN)/ruff check src tests
+	$(OFFLINE) $(BIN)/ruff check src tests benchmarks
+	$(OFFLINE) $(BIN)/ruff format --check .
 
 test: lint
 	$(OFFLINE) $(BIN)/pytest -q
