@@ -5,7 +5,8 @@ up to its end-of-turn token is a request it expects users to make. Self-distilli
 a draft head chat data for the model's own distribution without any dataset. Sampling is seeded and the prompts
 are cached, so a second run reads them back.
 
-Left to itself a small model writes the same few kinds of request over and over (SmolLM2-135M: career advice).
+Left to itself a small model writes the same few kinds of request over and over (SmolLM2-135M: a third of its
+requests ask for advice on plans, few ask it to write something or play a role).
 ``openers`` widens the spread: each batch starts the user's message with one of them (e.g. "Write a poem",
 "Implement a Python function") and the model writes the rest; :data:`REQUEST_OPENERS` spans the usual kinds of
 chat request (writing, role-play, reasoning, math, coding, extraction, science, humanities, advice).
