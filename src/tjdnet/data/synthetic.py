@@ -121,13 +121,14 @@ def sample_user_prompts(
         logger.info("synthetic prompts: reading %d from %s", n, cache_file)
         return json.loads(cache_file.read_text())
     prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    starts = [tokenizer(o, add_special_tokens=False)["input_ids"] for o in openers] or [[]]
     generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(openers), generator=generator).tolist() if openers else []
+    # no draw without openers, so plain sampling (and its caches) stays as it was
+    order = torch.randperm(len(openers), generator=generator).tolist() if openers else [0]
     prompts: list[str] = []
     seen: set[str] = set()
     for batch in range(8 * (n // batch_size + 1)):  # bounded: a model that never ends its turn gives up
-        opener = openers[order[batch % len(order)]] if openers else ""
-        opener_ids = tokenizer(opener, add_special_tokens=False)["input_ids"] if opener else []
+        opener_ids = starts[order[batch % len(order)]]
         ids = torch.tensor([prefix_ids + opener_ids] * batch_size, device=next(model.parameters()).device)
         with torch.inference_mode():
             out = model.generate(
