@@ -8,9 +8,9 @@ float16 the hidden states are rounded after every layer, so a last-bit differenc
 argmax and the outputs part ways. ``exact`` attention computes scores, softmax and the weighted sum of values in
 float64 from the (exactly converted) 16-bit inputs and rounds once at the end: any two summation orders then
 agree to ~1e-16, far below the 16-bit rounding step, so each query's output is the same bits however the pass
-was made up. The linear layers need one precaution: oneDNN's 16-bit products give a row the same bits whatever
-the number of rows up to 32 rows, and other bits beyond (another kernel), so inside :func:`exact_attention_in`
-they run 32 rows at a time (checked by tests/test_attention.py and tests/test_kernels.py).
+was made up. The matrix products need the same care (a GEMM library picks other kernels for one row, for a few
+rows and for many): inside :func:`exact_attention_in` they run through :func:`tjdnet.row_invariance
+.row_invariant_products` (checked by tests/test_attention.py and tests/test_row_invariance.py).
 
 float32 models keep the model's own attention: their rounding is fine enough that greedy outputs already agree.
 """
@@ -25,7 +25,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from tjdnet.kernels import row_blocks
+from tjdnet.row_invariance import row_invariant_products
 
 EXACT = "tjdnet_exact"
 ATTENTION_CHOICES = ("auto", "exact", "model")
@@ -107,9 +107,8 @@ def resolve_attention(choice: str, dtype: torch.dtype) -> bool:
 
 @contextmanager
 def exact_attention_in(lm: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
-    """Run a transformers model with :func:`exact_attention`, and its oneDNN linear layers in row blocks of a size
-    whose results are row-invariant (:func:`tjdnet.kernels.row_blocks`), inside the block; a no-op when not
-    ``enabled``."""
+    """Run a transformers model with :func:`exact_attention`, and its matrix products row-invariant
+    (:func:`tjdnet.row_invariance.row_invariant_products`), inside the block; a no-op when not ``enabled``."""
     previous = lm.config._attn_implementation
     if not enabled:
         yield
@@ -117,7 +116,7 @@ def exact_attention_in(lm: torch.nn.Module, enabled: bool = True) -> Iterator[No
     if previous != EXACT:
         lm.set_attn_implementation(EXACT)
     try:
-        with row_blocks():
+        with row_invariant_products(lm):
             yield
     finally:
         _last_mask.key = _last_mask.value = None  # let the last mask go

@@ -10,9 +10,6 @@ oneDNN was never slower, up to M = 1024. bfloat16 already goes through oneDNN, s
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -28,43 +25,12 @@ def _onednn_applies(layer: nn.Linear, x: torch.Tensor) -> bool:
     return not (x.requires_grad or layer.weight.requires_grad or bias_grad)
 
 
-# Most rows per 16-bit product inside ``row_blocks`` (None: no limit). Measured on an AMX Xeon: a bfloat16 oneDNN
-# product gives a row the same bits as multiplying that row alone for up to 32 rows, and other bits beyond.
-class _RowBlock(threading.local):
-    rows: int | None = None
-
-
-_row_block = _RowBlock()  # per thread: one thread's exact decoding leaves another's products alone
-INVARIANT_ROWS = 32
-
-
-@contextmanager
-def row_blocks(rows: int | None = INVARIANT_ROWS) -> Iterator[None]:
-    """Inside the block, :class:`OneDNNLinear` multiplies 16-bit inputs ``rows`` rows at a time, so that a row's
-    result does not depend on how many rows came with it (what lossless verification in bfloat16 needs)."""
-    previous, _row_block.rows = _row_block.rows, rows
-    try:
-        yield
-    finally:
-        _row_block.rows = previous
-
-
 class OneDNNLinear(nn.Linear):
     """``nn.Linear`` with the same parameters and state dict, computing without autograd through oneDNN."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not _onednn_applies(self, x):
             return super().forward(x)
-        block = _row_block.rows
-        if block is None or x.dtype == torch.float32:
-            return self._product(x)
-        rows = x.numel() // x.shape[-1]
-        if rows <= block:
-            return self._product(x)
-        blocks = [self._product(part) for part in x.reshape(rows, x.shape[-1]).split(block)]
-        return torch.cat(blocks).view(*x.shape[:-1], -1)
-
-    def _product(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
 
 
