@@ -5,11 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from decoding.test_generate import EOS, ragged_prompts
-from tiny_models import make_tiny_lm, tiny_config
-from transformers import DynamicCache, GPT2LMHeadModel, LlamaForCausalLM
+from tiny_models import make_tiny_lm, wide_model
+from transformers import DynamicCache
 
 from tjdnet.attention import EXACT, exact_attention, exact_attention_in, resolve_attention
-from tjdnet.model import TJDConfig, TJDModel
+from tjdnet.model import TJDModel
 
 
 def reference(query, key, value, allowed):
@@ -67,18 +67,6 @@ def test_models_run_exact_attention_like_their_own(kind):
     torch.testing.assert_close(exact, own, rtol=1e-4, atol=1e-4)
 
 
-def wide_model(kind: str, head: str = "cp") -> TJDModel:
-    """A random bfloat16 model with 64-wide attention heads over a 300-token context, where the fused kernels give a
-    token other bits in a k-token pass than in a single-token one (checked on this CPU: 4 in 5 positions differ)."""
-    torch.manual_seed(0)
-    if kind == "gpt2":
-        lm = GPT2LMHeadModel(tiny_config("gpt2", n_positions=512, n_embd=256, n_head=4))
-    else:
-        lm = LlamaForCausalLM(tiny_config("llama", hidden_size=256, intermediate_size=512, max_position_embeddings=512))
-    config = TJDConfig(base_model="unused", head=head, horizon=4, rank=2, hidden_dim=8)
-    return TJDModel(lm.eval(), config).to(torch.bfloat16).eval()
-
-
 def hidden_after(model, prefix, tokens, positions, mask=None) -> torch.Tensor:
     cache = DynamicCache(config=model.lm.config)
     model.hidden_states(prefix, cache=cache)
@@ -90,10 +78,10 @@ def test_bfloat16_pass_over_k_tokens_has_the_bits_of_k_single_token_passes(kind)
     model = wide_model(kind)
     ids = torch.randint(3, 64, (1, 300), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode(), exact_attention_in(model.lm):
-        block = hidden_after(model, ids[:, :280], ids[:, 280:], torch.arange(280, 300)[None])
+        block = hidden_after(model, ids[:, :260], ids[:, 260:], torch.arange(260, 300)[None])
         cache = DynamicCache(config=model.lm.config)
-        model.hidden_states(ids[:, :280], cache=cache)
-        single = torch.cat([model.hidden_states(ids[:, i : i + 1], cache=cache) for i in range(280, 300)], dim=1)
+        model.hidden_states(ids[:, :260], cache=cache)
+        single = torch.cat([model.hidden_states(ids[:, i : i + 1], cache=cache) for i in range(260, 300)], dim=1)
     assert torch.equal(block, single)
 
 

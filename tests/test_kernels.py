@@ -1,11 +1,8 @@
-import threading
-
 import pytest
 import torch
 from torch import nn
 
-from tjdnet import kernels
-from tjdnet.kernels import INVARIANT_ROWS, OneDNNLinear, row_blocks, use_onednn_linears
+from tjdnet.kernels import OneDNNLinear, use_onednn_linears
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 
@@ -59,26 +56,3 @@ def test_switch_back_and_state_dict_unchanged():
     assert use_onednn_linears(model) == 0  # already switched
     assert use_onednn_linears(model, enabled=False) == 2
     assert all(type(m) is not OneDNNLinear for m in model.modules())
-
-
-@pytest.mark.parametrize("rows", [INVARIANT_ROWS, 48, 70])
-def test_row_blocks_give_each_bfloat16_row_the_bits_of_its_own_product(rows):
-    """Beyond 32 rows oneDNN switches kernels (a row's bits then depend on how many came with it); in row blocks
-    every row gets the bits of a one-row product."""
-    torch.manual_seed(0)
-    layer = nn.Linear(576, 1536).to(torch.bfloat16)
-    use_onednn_linears(layer)
-    x = torch.randn(2, rows, 576, dtype=torch.bfloat16)
-    with torch.no_grad(), row_blocks():
-        single = torch.stack([torch.cat([layer(x[b, i : i + 1]) for i in range(rows)]) for b in range(2)])
-        assert torch.equal(layer(x), single)
-
-
-def test_row_blocks_apply_to_the_calling_thread_only():
-    seen = []
-    with row_blocks(8):
-        other = threading.Thread(target=lambda: seen.append(kernels._row_block.rows))
-        other.start()
-        other.join()
-        assert kernels._row_block.rows == 8
-    assert seen == [None] and kernels._row_block.rows is None

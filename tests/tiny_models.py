@@ -69,3 +69,23 @@ def save_tiny_model_dir(kind: str, path) -> str:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+def wide_model(kind: str, head: str = "cp", **config):
+    """A random bfloat16 model with 64-wide attention heads over a 300-token context, where the fused kernels give a
+    token other bits in a k-token pass than in a single-token one (checked on this CPU: 4 in 5 positions differ),
+    and a 3072-wide MLP, whose down projection oneDNN multiplies in another order for one row than for
+    several on some CPUs (an AVX-512-bf16 EPYC)."""
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        lm = GPT2LMHeadModel(tiny_config("gpt2", n_positions=512, n_embd=256, n_head=4, n_inner=3072))
+    else:
+        lm = LlamaForCausalLM(
+            tiny_config(
+                "llama", hidden_size=256, intermediate_size=3072, num_hidden_layers=4, max_position_embeddings=512
+            )
+        )
+    from tjdnet.model import TJDConfig, TJDModel
+
+    settings = TJDConfig(base_model="unused", **{"head": head, "horizon": 4, "rank": 2, "hidden_dim": 8, **config})
+    return TJDModel(lm.eval(), settings).to(torch.bfloat16).eval()

@@ -37,7 +37,7 @@ _BEFORE = "_tjdnet_row_invariant_before"  # the layer's own instance-level forwa
 
 
 def in_row_blocks(
-    product: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, rows: tuple[int, int] = INVARIANT_ROWS
+    product: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, rows: tuple[int, int]
 ) -> torch.Tensor:
     """``product(x)`` for a row-wise ``product`` ((M, K) -> (M, N)), computed so that it only ever sees between
     ``rows[0]`` and ``rows[1]`` rows at once.
@@ -73,7 +73,7 @@ _lock = threading.Lock()
 def _row_invariant_forward(forward: Callable[..., torch.Tensor], x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     if not _active.depth or x.dtype not in SIXTEEN_BIT or (torch.is_grad_enabled() and x.requires_grad):
         return forward(x, *args, **kwargs)
-    return in_row_blocks(lambda rows: forward(rows, *args, **kwargs), x)
+    return in_row_blocks(lambda rows: forward(rows, *args, **kwargs), x, INVARIANT_ROWS)
 
 
 def _wrap(layer: nn.Module) -> None:
