@@ -1,6 +1,8 @@
 """Exact attention: the right values, the same bits for a token however its pass was made up, and lossless
 speculative decoding in bfloat16."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -73,9 +75,12 @@ def hidden_after(model, prefix, tokens, positions, mask=None) -> torch.Tensor:
     return model.hidden_states(tokens, mask, positions, cache)
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama"])
-def test_bfloat16_pass_over_k_tokens_has_the_bits_of_k_single_token_passes(kind):
-    model = wide_model(kind)
+@pytest.mark.parametrize(
+    "kind, dtype",
+    [("gpt2", torch.bfloat16), ("llama", torch.bfloat16), ("llama", torch.float32)],  # GPT-2's float32 products: MKL
+)
+def test_exact_pass_over_k_tokens_has_the_bits_of_k_single_token_passes(kind, dtype):
+    model = wide_model(kind).to(dtype)
     ids = torch.randint(3, 64, (1, 300), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode(), exact_attention_in(model.lm):
         block = hidden_after(model, ids[:, :260], ids[:, 260:], torch.arange(260, 300)[None])
@@ -134,3 +139,16 @@ def test_embedded_smollm2_bfloat16_speculative_equals_ar():
         wide_tree = model.generate(ids, gen_mode="speculative", tree_nodes=40, **kwargs)  # 41 rows per product
         assert chain.new_tokens == ar.new_tokens and tree.new_tokens == ar.new_tokens
         assert wide_tree.new_tokens == ar.new_tokens
+
+
+def test_generate_says_when_exact_attention_is_not_in_effect(monkeypatch):
+    """A model whose attention ignores transformers' AttentionInterface cannot be made exact: generate says so."""
+    model = wide_model("llama")
+    ids = torch.randint(3, 64, (1, 6), generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.generate(ids, gen_mode="speculative", max_new_tokens=4)
+        model.generate(ids, gen_mode="ar", attention="model", max_new_tokens=2)
+    monkeypatch.setattr(model.lm, "set_attn_implementation", lambda name: None)
+    with pytest.warns(UserWarning, match="LlamaForCausalLM does not compute attention through transformers' "):
+        model.generate(ids, gen_mode="speculative", max_new_tokens=4)

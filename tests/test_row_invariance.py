@@ -56,14 +56,30 @@ def test_products_only_ever_see_an_allowed_number_of_rows():
         assert all(2 <= rows <= 8 for rows in seen) or count == 0
 
 
-def test_float32_and_gradient_inputs_keep_the_whole_product():
+def test_inputs_that_need_a_gradient_keep_the_whole_product():
     seen = []
-    layer = nn.Linear(4, 3)
-    layer.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+
+    class Recording(nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(x.shape[0])
+            return super().forward(x)
+
+    layer = Recording(4, 3).to(torch.bfloat16)
     with row_invariant_products(layer):
-        layer(torch.randn(40, 4))  # float32
-        layer.to(torch.bfloat16)(torch.randn(40, 4, dtype=torch.bfloat16, requires_grad=True))
-    assert seen == [40, 40]
+        layer(torch.randn(40, 4, dtype=torch.bfloat16, requires_grad=True))
+        with torch.no_grad():
+            layer(torch.randn(40, 4, dtype=torch.bfloat16))
+    assert seen == [40, 32, 8]
+
+
+@pytest.mark.parametrize("k, n", [(576, 576), (1536, 576)])
+def test_each_float32_row_gets_the_bits_of_its_own_oneDNN_product(k, n):
+    """float32 (exact decoding asked for): oneDNN multiplies one row alone in another order than 2-40 rows."""
+    layer = layer_of("onednn", k, n).float()
+    x = torch.randn(40, k, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), row_invariant_products(layer):
+        alone = torch.cat([layer(x[i : i + 1]) for i in range(40)])
+        assert all(torch.equal(layer(x[:rows]), alone[:rows]) for rows in [2, 5, 32, 40])
 
 
 def test_wrapping_is_scoped_nested_and_restores_a_layer_own_forward():

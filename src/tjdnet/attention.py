@@ -18,7 +18,7 @@ float32 models keep the model's own attention: their rounding is fine enough tha
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -53,6 +53,7 @@ def exact_attention(
     """
     if dropout:
         raise ValueError(f"exact attention is for inference; dropout={dropout} is not allowed")
+    _calls.count += 1
     batch, q_heads, q_len, dim = query.shape
     kv_heads, kv_len = key.shape[1], key.shape[2]
     group = q_heads // kv_heads
@@ -74,6 +75,13 @@ class _MaskCache(threading.local):
 
 
 _last_mask = _MaskCache()
+
+
+class _Calls(threading.local):
+    count = 0
+
+
+_calls = _Calls()  # exact_attention calls in this thread: whether a model really computes attention through it
 
 
 def _additive_mask(mask: torch.Tensor | None, q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:
@@ -106,18 +114,23 @@ def resolve_attention(choice: str, dtype: torch.dtype) -> bool:
 
 
 @contextmanager
-def exact_attention_in(lm: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
+def exact_attention_in(lm: torch.nn.Module, enabled: bool = True) -> Iterator[Callable[[], bool]]:
     """Run a transformers model with :func:`exact_attention`, and its matrix products row-invariant
-    (:func:`tjdnet.row_invariance.row_invariant_products`), inside the block; a no-op when not ``enabled``."""
+    (:func:`tjdnet.row_invariance.row_invariant_products`), inside the block; a no-op when not ``enabled``.
+
+    Yields a function telling whether exact attention has computed anything since the block began: False after a
+    forward pass means the model's attention does not go through transformers' ``AttentionInterface``.
+    """
     previous = lm.config._attn_implementation
+    start = _calls.count
     if not enabled:
-        yield
+        yield lambda: False
         return
     if previous != EXACT:
         lm.set_attn_implementation(EXACT)
     try:
         with row_invariant_products(lm):
-            yield
+            yield lambda: _calls.count > start
     finally:
         _last_mask.key = _last_mask.value = None  # let the last mask go
         if previous != EXACT:

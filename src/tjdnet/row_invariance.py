@@ -13,7 +13,8 @@ Inside :func:`row_invariant_products`, every row-wise product layer of a model (
 transformers' ``Conv1D``, including the layers inside LoRA wrappers) multiplies between ``INVARIANT_ROWS[0]`` and
 ``INVARIANT_ROWS[1]`` rows per call: one row is multiplied beside a copy of itself, larger inputs in blocks of at
 most 32 rows, a last block of one row padded the same way. Every row then goes through the same kernel, whatever
-the pass it belongs to. float32 products are left alone (their rounding is fine enough; see README, "Exactness").
+the pass it belongs to. float32 products obey the same rule where exact decoding is asked for in float32
+(``attention="exact"``): oneDNN's float32 products of 2-40 rows agree row by row there, one row alone does not.
 """
 
 from __future__ import annotations
@@ -27,11 +28,10 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-# (fewest, most) rows per 16-bit product inside row_invariant_products; tests/test_row_invariance.py checks, on
+# (fewest, most) rows per product inside row_invariant_products; tests/test_row_invariance.py checks, on
 # the machine it runs on, that any row gets the same bits anywhere in this range.
 INVARIANT_ROWS = (2, 32)
 ROW_WISE_LAYERS = (nn.Linear, Conv1D)
-SIXTEEN_BIT = (torch.bfloat16, torch.float16)
 _USERS = "_tjdnet_row_invariant_users"  # how many open row_invariant_products blocks wrapped this layer
 _BEFORE = "_tjdnet_row_invariant_before"  # the layer's own instance-level forward, if it had one (hooks, ...)
 
@@ -71,7 +71,7 @@ _lock = threading.Lock()
 
 
 def _row_invariant_forward(forward: Callable[..., torch.Tensor], x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-    if not _active.depth or x.dtype not in SIXTEEN_BIT or (torch.is_grad_enabled() and x.requires_grad):
+    if not _active.depth or not x.is_floating_point() or (torch.is_grad_enabled() and x.requires_grad):
         return forward(x, *args, **kwargs)
     return in_row_blocks(lambda rows: forward(rows, *args, **kwargs), x, INVARIANT_ROWS)
 
@@ -97,8 +97,8 @@ def _unwrap(layer: nn.Module) -> None:
 
 @contextmanager
 def row_invariant_products(model: nn.Module, enabled: bool = True) -> Iterator[None]:
-    """Inside the block, the 16-bit products of ``model``'s row-wise layers give a row the same bits however many
-    rows came with it (in this thread; a no-op when not ``enabled``). The layers' forward is wrapped for the block
+    """Inside the block, the floating-point products of ``model``'s row-wise layers give a row the same bits however
+    many rows came with it (in this thread; a no-op when not ``enabled``). The layers' forward is wrapped for the block
     only (nested and concurrent blocks share one wrapper) and restored afterwards."""
     if not enabled:
         yield

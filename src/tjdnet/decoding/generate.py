@@ -9,6 +9,7 @@ Finished rows leave the batch.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -248,12 +249,14 @@ def generate(
         stats.forward_passes += n_caches
         return hidden, process_log_probs(model.next_token_logits(verify_hidden), config)
 
-    with exact_attention_in(model.lm, exact):
+    with exact_attention_in(model.lm, exact) as exact_attention_used:
         start = time.perf_counter()
         if max_new_tokens == 0:
             return _finish(input_ids, out, stats, pad_token_id, streamer)
         positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
         hidden, log_p = forward(input_ids, attention_mask, positions, last_only=True)
+        if exact and not exact_attention_used():
+            warnings.warn(_not_exact_message(model.lm), stacklevel=3)
         rows.next_pos = attention_mask.long().sum(-1)
         hidden, log_p = hidden[:, -1], log_p[:, -1]
         stats.prefill_time_s = time.perf_counter() - start
@@ -268,6 +271,13 @@ def generate(
             )
     stats.decode_time_s = time.perf_counter() - start - stats.prefill_time_s
     return _finish(input_ids, out, stats, pad_token_id, streamer)
+
+
+def _not_exact_message(lm: torch.nn.Module) -> str:
+    return (
+        f"{type(lm).__name__} does not compute attention through transformers' AttentionInterface, so exact "
+        f"attention is not in effect: in {lm.dtype} greedy speculative output can differ from ar"
+    )
 
 
 def _speculative_loop(
