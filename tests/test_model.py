@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tiny_models import TINY_VOCAB, make_tiny_lm
+from tiny_models import TINY_VOCAB, make_tiny_lm, perturb_lora_b
 
 from tjdnet.model import TJDConfig, TJDModel, block_targets
 from tjdnet.tensorops.logspace import IGNORE_INDEX
@@ -142,10 +142,7 @@ def test_next_token_head_matches_plain_model():
 
 def test_lora_adapters_can_be_disabled_and_merged():
     model = build("llama", train_mode="lora")
-    with torch.no_grad():
-        for name, p in model.lm.named_parameters():
-            if "lora_B" in name:
-                p.normal_()
+    perturb_lora_b(model.lm)
     ids = torch.randint(0, TINY_VOCAB, (1, 6))
     plain = make_tiny_lm("llama")
     with torch.no_grad():

@@ -89,3 +89,12 @@ def wide_model(kind: str, head: str = "cp", **config):
 
     settings = TJDConfig(base_model="unused", **{"head": head, "horizon": 4, "rank": 2, "hidden_dim": 8, **config})
     return TJDModel(lm.eval(), settings).to(torch.bfloat16).eval()
+
+
+def perturb_lora_b(module, std: float = 1.0, generator=None) -> None:
+    """Give every LoRA B matrix inside ``module`` normal values: adapters that change the model, as trained ones do
+    (peft starts B at zero, which leaves the backbone as it was)."""
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=std, generator=generator)

@@ -96,13 +96,10 @@ def _unwrap(layer: nn.Module) -> None:
 
 
 @contextmanager
-def row_invariant_products(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+def row_invariant_products(model: nn.Module) -> Iterator[None]:
     """Inside the block, the floating-point products of ``model``'s row-wise layers give a row the same bits however
-    many rows came with it (in this thread; a no-op when not ``enabled``). The layers' forward is wrapped for the block
-    only (nested and concurrent blocks share one wrapper) and restored afterwards."""
-    if not enabled:
-        yield
-        return
+    many rows came with it (in this thread). The layers' forward is wrapped for the block only (nested and
+    concurrent blocks share one wrapper) and restored afterwards."""
     layers = [m for m in model.modules() if isinstance(m, ROW_WISE_LAYERS)]
     with _lock:
         for layer in layers:

@@ -3,7 +3,7 @@ pass counting, the KV cache after rejections, and input errors."""
 
 import pytest
 import torch
-from tiny_models import TINY_VOCAB, make_tiny_lm
+from tiny_models import TINY_VOCAB, make_tiny_lm, perturb_lora_b
 from transformers import DynamicCache
 
 from tjdnet.decoding.generate import _Rows
@@ -224,10 +224,7 @@ def test_ragged_rejections_are_masked_per_row():
 def test_lora_verify_with_base_reproduces_the_original_model(tree_nodes):
     lm = make_tiny_lm("llama")
     model = TJDModel(lm, TJDConfig(base_model="unused", head="cp", horizon=3, rank=2, hidden_dim=8, train_mode="lora"))
-    with torch.no_grad():
-        for name, p in model.lm.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.5)
+    perturb_lora_b(model.lm, std=0.5)
     ids, mask = ragged_prompts(2)
     base = build("llama", "stp", 1).generate(ids, mask, gen_mode="ar", max_new_tokens=16)
     out = model.generate(

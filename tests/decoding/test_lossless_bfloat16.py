@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from decoding.test_generate import EOS, ragged_prompts
-from tiny_models import wide_model
-from torch import nn
+from tiny_models import perturb_lora_b, wide_model
 
 from tjdnet.data import collate, encode_prompt
 from tjdnet.data.sources import load_mt_bench, read_qa_jsonl
@@ -25,10 +24,7 @@ CASES = [  # (head, train mode, LoRA merged)
 
 def model_for(kind: str, head: str, train_mode: str, merged: bool):
     model = wide_model(kind, head, train_mode=train_mode, rank=1 if head == "multihead" else 2)
-    with torch.no_grad():
-        for name, param in model.lm.named_parameters():
-            if "lora_B" in name:  # trained-looking adapters: zero ones would leave the backbone as it was
-                nn.init.normal_(param, std=0.02)
+    perturb_lora_b(model.lm, std=0.02)
     if merged:
         model.merge_adapters()
     return model
@@ -74,10 +70,7 @@ def test_main_job_configuration_is_lossless_in_bfloat16_on_real_prompts():
         "smollm2-135m", dtype="bfloat16", head="cp", horizon=4, rank=2, hidden_dim=64, train_mode="lora",
         lora_rank=16, lora_layers=8, loss_mode="joint",
     )  # fmt: skip
-    with torch.no_grad():
-        for name, param in model.lm.named_parameters():
-            if "lora_B" in name:
-                param.normal_(std=0.01, generator=torch.Generator().manual_seed(len(name)))
+    perturb_lora_b(model.lm, std=0.01, generator=torch.Generator().manual_seed(0))
     model.merge_adapters()
     model.eval()
     prompts = real_prompts(tokenizer)
