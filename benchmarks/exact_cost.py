@@ -38,7 +38,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model, tokenizer = TJDModel.from_base("smollm2-135m", dtype="bfloat16", head="cp", horizon=2)
+    model, tokenizer = TJDModel.from_base(
+        "smollm2-135m", dtype="bfloat16", model_head="cp", horizon=2, train_mode="head", loss_mode="draft"
+    )
     model.eval()
     prompts = [torch.tensor([encode_prompt(tokenizer, e)]) for e in read_qa_jsonl(args.data)[: args.prompts]]
     times: dict[str, list[float]] = {name: [] for name in SETTINGS}

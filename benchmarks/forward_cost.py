@@ -5,13 +5,14 @@ N nodes costs about k = N + 1).
     python benchmarks/forward_cost.py [--model smollm2-135m] [--dtype float32] [--threads 2] [--repeats 5]
         [--linear_kernel {onednn,default}] [--ks 1,2,3,4,5,6,7,8,9]
 
-``--linear_kernel default`` undoes tjdnet's oneDNN linear layers (tjdnet.kernels) to show what they change.
+``--linear_kernel default`` turns tjdnet's oneDNN linear layers (tjdnet.kernels) off to show what they change.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -19,7 +20,7 @@ import torch
 from transformers import DynamicCache
 
 from tjdnet.data import Example, encode_prompt
-from tjdnet.kernels import use_onednn_linears
+from tjdnet.kernels import LINEAR_KERNEL_ENV, cpu_kernels
 from tjdnet.machine import machine_info
 from tjdnet.model import TJDModel
 
@@ -30,7 +31,7 @@ def forward_cost(model: TJDModel, context: int, ks: list[int], repeats: int) -> 
     """Median seconds of one cached forward over k new tokens after a `context`-token prefix."""
     ids = torch.randint(100, 1000, (1, context + max(ks)))
     times: dict[int, list[float]] = {k: [] for k in ks}
-    with torch.inference_mode():
+    with torch.inference_mode(), cpu_kernels(model):
         for _ in range(repeats):
             for k in ks:  # interleaved over k to cancel drift
                 cache = DynamicCache(config=model.lm.config)
@@ -51,7 +52,7 @@ def decode_speed(model: TJDModel, tokenizer, new_tokens: int, repeats: int) -> d
         out = model.generate(ids, gen_mode="ar", max_new_tokens=new_tokens)
         results["ar"].append(out.stats.new_tokens / (time.perf_counter() - start))
         start = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), cpu_kernels(model):
             hf = model.lm.generate(
                 ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0
             )
@@ -70,11 +71,12 @@ def main() -> None:
     parser.add_argument("--linear_kernel", choices=("onednn", "default"), default="onednn")
     parser.add_argument("--ks", default="1,2,3,4,5,6,7,8,9", help="new-token counts to time (1 is always timed)")
     args = parser.parse_args()
+    os.environ[LINEAR_KERNEL_ENV] = args.linear_kernel  # read by every cpu_kernels block, generate's included
     torch.set_num_threads(args.threads)
-    model, tokenizer = TJDModel.from_base(args.model, dtype=args.dtype, head="stp", horizon=1, rank=1)
+    model, tokenizer = TJDModel.from_base(
+        args.model, dtype=args.dtype, model_head="stp", horizon=1, rank=1, train_mode="head", loss_mode="draft"
+    )
     model.eval()
-    if args.linear_kernel == "default":
-        use_onednn_linears(model, enabled=False)
     decode_speed(model, tokenizer, 8, 1)  # warm-up
     speed = decode_speed(model, tokenizer, args.new_tokens, args.repeats)
     ks = sorted({1, *(int(k) for k in args.ks.split(","))})

@@ -2,7 +2,7 @@
 
 1. Self-distil GSM8K-train questions with the base model (greedy, cached under ``experiments/selfdistill``,
    the same cache ``tjdnet fit --data.dataset selfdistill`` uses); with ``--chat_prompts N``, also N chat
-   prompts the model writes itself (``tjdnet.data.synthetic``), answered the same way (``--teacher_dtype
+   prompts the model writes itself (``tjdnet.distill.prompts``), answered the same way (``--teacher_dtype
    bfloat16``: by the model in bfloat16, as it will decode); with ``--opener_prompts N``, N more whose user
    message starts with one of ``REQUEST_OPENERS`` (writing, role-play, coding, ... requests).
 2. Run the frozen backbone once over them and keep the answer positions (``head`` mode: every head would see
@@ -12,7 +12,7 @@
    ``save_pretrained`` and report its held-out NLL.
 4. Decode GSM8K dev and MT-Bench prompts with our ``ar`` and every head's ``speculative`` mode (and, with
    ``--tree_nodes N``, its ``speculative_tree`` mode), all interleaved per prompt in one process on the shared
-   backbone (``tjdnet.bench.runner.bench_generators``); write one
+   backbone (the engine of ``tjdnet test`` / ``bench``, ``tjdnet.evaluation``); write one
    ``tjdnet bench``-format JSON per head and dataset, so ``tjdnet bench-plot`` draws them.
 
     HF_HUB_OFFLINE=1 python benchmarks/key_experiment.py --gsm8k ../shared/data/gsm8k \\
@@ -30,17 +30,17 @@ from pathlib import Path
 
 import torch
 
-from tjdnet.bench.runner import bench_generators, format_bench_table
-from tjdnet.cli import experiments_dir
-from tjdnet.data import Example, answer_tokens, encode_example, load_examples, sample_user_prompts, self_distill
-from tjdnet.data.synthetic import REQUEST_OPENERS
+from tjdnet.commands.bench import format_bench_table
+from tjdnet.data import Example, answer_tokens, encode_example, load_examples
 from tjdnet.decoding import DEFAULT_TREE_TOPK, mode_arguments
+from tjdnet.distill import REQUEST_OPENERS, base_model_answerer, distill_settings, sample_user_prompts, self_distill
+from tjdnet.evaluation import run_modes, summarise
 from tjdnet.files import write_json
 from tjdnet.heads.vocab import frequent_tokens
 from tjdnet.loading import load_causal_lm
 from tjdnet.machine import machine_info
 from tjdnet.model import TJDConfig, TJDModel
-from tjdnet.training.distill import base_model_answerer, distill_settings
+from tjdnet.runs import experiments_dir
 from tjdnet.training.head_features import collect_features, evaluate_head, fit_head
 
 logger = logging.getLogger("key_experiment")
@@ -139,7 +139,7 @@ def main() -> None:
     if args.train_in_draft_vocab and not args.draft_vocab:
         raise SystemExit("--train_in_draft_vocab needs --draft_vocab S")
     lm, tokenizer = load_causal_lm(args.model, dtype="float32")
-    base_config = TJDConfig(base_model=args.model, head="stp", horizon=1, rank=1)
+    base_config = TJDConfig(model=args.model, model_head="stp", horizon=1, rank=1, train_mode="head", loss_mode="draft")
     base = TJDModel(lm, base_config).eval()
     teacher = base
     if args.teacher_dtype != "float32":
@@ -167,13 +167,14 @@ def main() -> None:
     for head, rank, horizon, token_conditioned in configs:
         name = f"{head}_r{rank}_h{horizon}" + ("_tc" if token_conditioned else "")
         config = TJDConfig(
-            base_model=args.model,
-            head=head,
+            model=args.model,
+            model_head=head,
             horizon=horizon,
             rank=rank,
             hidden_dim=args.hidden_dim,
             train_mode="head",
             token_conditioned=token_conditioned,
+            loss_mode="draft",
         )
         torch.manual_seed(args.seed)
         model = TJDModel(lm, config)
@@ -229,9 +230,10 @@ def main() -> None:
             tree = mode_arguments("speculative_tree", args.tree_nodes, args.tree_topk)
             generators |= {f"{n}/tree": partial(m.generate, **tree, **decode()) for n, m in models.items()}
         with torch.inference_mode():
-            results = bench_generators(
+            runs = run_modes(
                 generators, base.backbone, tokenizer, examples, 1, args.repeats, args.warmup, dataset == "gsm8k"
             )
+        results = summarise(runs, num_prompts=len(examples))
         for name, info in training.items():
             payload = {
                 "checkpoint": str(out_dir / "heads" / name),

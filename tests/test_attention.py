@@ -11,6 +11,7 @@ from tiny_models import make_tiny_lm, wide_model
 from transformers import DynamicCache
 
 from tjdnet.attention import EXACT, exact_attention, exact_attention_in, resolve_attention
+from tjdnet.kernels import cpu_kernels
 from tjdnet.model import TJDModel
 
 
@@ -82,7 +83,7 @@ def hidden_after(model, prefix, tokens, positions, mask=None) -> torch.Tensor:
 def test_exact_pass_over_k_tokens_has_the_bits_of_k_single_token_passes(kind, dtype):
     model = wide_model(kind).to(dtype)
     ids = torch.randint(3, 64, (1, 300), generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode(), exact_attention_in(model.lm):
+    with torch.inference_mode(), cpu_kernels(model), exact_attention_in(model.lm):  # the kernels generate uses
         block = hidden_after(model, ids[:, :260], ids[:, 260:], torch.arange(260, 300)[None])
         cache = DynamicCache(config=model.lm.config)
         model.hidden_states(ids[:, :260], cache=cache)
@@ -125,7 +126,9 @@ def test_bfloat16_speculative_chain_and_tree_equal_ar(head):
 def test_embedded_smollm2_bfloat16_speculative_equals_ar():
     from tjdnet.data import Example, encode_prompt
 
-    model, tokenizer = TJDModel.from_base("smollm2-135m", dtype="bfloat16", head="cp", horizon=4, rank=2)
+    model, tokenizer = TJDModel.from_base(
+        "smollm2-135m", dtype="bfloat16", model_head="cp", horizon=4, rank=2, train_mode="head", loss_mode="draft"
+    )
     model.eval()
     questions = ["Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
                  "How many clips did Natalia sell altogether in April and May?",

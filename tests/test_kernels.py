@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from tjdnet.kernels import OneDNNLinear, use_onednn_linears
+from tjdnet.kernels import LINEAR_KERNEL_ENV, OneDNNLinear, cpu_kernels, flushed_denormals, use_onednn_linears
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 
@@ -48,11 +48,27 @@ def test_trainable_bias_alone_keeps_autograd():
     assert layer.bias.grad is not None
 
 
-def test_switch_back_and_state_dict_unchanged():
+def test_switch_counts_and_state_dict_unchanged():
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     keys = set(model.state_dict())
     assert use_onednn_linears(model) == 2
     assert set(model.state_dict()) == keys
     assert use_onednn_linears(model) == 0  # already switched
-    assert use_onednn_linears(model, enabled=False) == 2
-    assert all(type(m) is not OneDNNLinear for m in model.modules())
+
+
+def test_cpu_kernels_are_scoped_to_the_block(monkeypatch):
+    """Nothing of the caller's model or process stays changed after the block, nested blocks included."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    keys = set(model.state_dict())
+    tiny = torch.tensor([1e-40])  # a float32 denormal
+    with cpu_kernels(model):
+        assert all(type(m) is OneDNNLinear for m in model if isinstance(m, nn.Linear))
+        assert set(model.state_dict()) == keys
+        with cpu_kernels(model), flushed_denormals():
+            assert (tiny * 1).item() == 0.0
+        assert (tiny * 1).item() == 0.0  # the outer block still flushes
+    assert all(type(m) is nn.Linear for m in model if isinstance(m, nn.Linear))
+    assert (tiny * 1).item() != 0.0
+    monkeypatch.setenv(LINEAR_KERNEL_ENV, "default")
+    with cpu_kernels(model):
+        assert all(type(m) is nn.Linear for m in model if isinstance(m, nn.Linear))

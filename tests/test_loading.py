@@ -111,11 +111,11 @@ def test_interrupted_conversion_leaves_no_cache_and_is_redone(monkeypatch, tmp_p
         embedded_model_dir("smollm2-135m")
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [".smollm2-135m.lock"]
 
-    (tmp_path / "models" / ".smollm2-135m.tmp-killed").mkdir()  # left by a process killed with -9
+    (tmp_path / "models" / ".smollm2-135m.killed.tmp").mkdir()  # left by a process killed with -9
     monkeypatch.setattr(loading, "_convert_gguf", _fake_convert(calls))
     target = embedded_model_dir("smollm2-135m")
     assert target == tmp_path / "models" / "smollm2-135m" and (target / "config.json").is_file()
-    assert not list((tmp_path / "models").glob(".smollm2-135m.tmp-*"))
+    assert not list((tmp_path / "models").glob(".smollm2-135m.*.tmp"))
     assert embedded_model_dir("smollm2-135m") == target and len(calls) == 2  # the cache is reused
 
 
@@ -131,7 +131,9 @@ def test_embedded_smollm2_loads_offline_and_next_token_head_matches():
     load_causal_lm("smollm2-135m")
     assert time.perf_counter() - start < 10  # the safetensors cache is reused, no second conversion
     ids = tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
-    tjd = TJDModel(model, TJDConfig(base_model="smollm2-135m", head="cp", horizon=2, rank=2))
+    tjd = TJDModel(
+        model, TJDConfig(model="smollm2-135m", model_head="cp", horizon=2, rank=2, train_mode="head", loss_mode="draft")
+    )
     with torch.no_grad():
         expected = model(ids).logits
         got = tjd.next_token_logits(tjd.hidden_states(ids))

@@ -10,7 +10,18 @@ from tjdnet.tensorops.logspace import IGNORE_INDEX
 
 def build(kind="llama", **kwargs) -> TJDModel:
     lm = make_tiny_lm(kind)
-    config = TJDConfig(base_model="unused", **{"head": "cp", "horizon": 3, "rank": 2, "hidden_dim": 8, **kwargs})
+    config = TJDConfig(
+        model="unused",
+        **{
+            "model_head": "cp",
+            "train_mode": "head",
+            "loss_mode": "draft",
+            "horizon": 3,
+            "rank": 2,
+            "hidden_dim": 8,
+            **kwargs,
+        },
+    )
     return TJDModel(lm, config)
 
 
@@ -29,7 +40,7 @@ def test_block_targets_shift_and_pad():
 )
 def test_loss_decreases_on_fixed_batch(kind, head, train_mode, loss_mode):
     horizon, rank = (1, 1) if head == "stp" else (3, 1 if head == "multihead" else 2)
-    model = build(kind, head=head, horizon=horizon, rank=rank, train_mode=train_mode, loss_mode=loss_mode)
+    model = build(kind, model_head=head, horizon=horizon, rank=rank, train_mode=train_mode, loss_mode=loss_mode)
     torch.manual_seed(1)
     ids = torch.randint(3, TINY_VOCAB, (4, 12))
     mask = torch.ones_like(ids)
@@ -93,13 +104,14 @@ def test_save_load_round_trip(tiny_lm_dir, tmp_path, train_mode, token_condition
 
     lm, _ = load_causal_lm(tiny_lm_dir)
     config = TJDConfig(
-        base_model=tiny_lm_dir,
-        head="mps",
+        model=tiny_lm_dir,
+        model_head="mps",
         horizon=2,
         rank=3,
         hidden_dim=8,
         train_mode=train_mode,
         token_conditioned=token_conditioned,
+        loss_mode="draft",
     )
     model = TJDModel(lm, config)
     with torch.no_grad():
@@ -124,7 +136,9 @@ def test_truncated_checkpoint_gives_clear_error(tiny_lm_dir, tmp_path):
     from tjdnet.loading import load_causal_lm
 
     lm, _ = load_causal_lm(tiny_lm_dir)
-    TJDModel(lm, TJDConfig(base_model=tiny_lm_dir, horizon=2, hidden_dim=4)).save_pretrained(tmp_path / "c")
+    TJDModel(
+        lm, TJDConfig(model=tiny_lm_dir, horizon=2, hidden_dim=4, train_mode="head", loss_mode="draft")
+    ).save_pretrained(tmp_path / "c")
     weights = tmp_path / "c" / "head.safetensors"
     weights.write_bytes(weights.read_bytes()[:50])
     with pytest.raises(ValueError, match="cannot read weights file"):
@@ -162,7 +176,7 @@ def test_parameter_report():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"head": "tucker"}, "unknown head 'tucker'"),
+        ({"model_head": "tucker"}, "unknown head 'tucker'"),
         ({"horizon": 0}, "horizon=0"),
         ({"rank": 0}, "rank=0"),
         ({"train_mode": "adapters"}, "unknown train_mode 'adapters'"),

@@ -87,7 +87,18 @@ def wide_model(kind: str, head: str = "cp", **config):
         )
     from tjdnet.model import TJDConfig, TJDModel
 
-    settings = TJDConfig(base_model="unused", **{"head": head, "horizon": 4, "rank": 2, "hidden_dim": 8, **config})
+    settings = TJDConfig(
+        model="unused",
+        **{
+            "model_head": head,
+            "train_mode": "head",
+            "loss_mode": "draft",
+            "horizon": 4,
+            "rank": 2,
+            "hidden_dim": 8,
+            **config,
+        },
+    )
     return TJDModel(lm.eval(), settings).to(torch.bfloat16).eval()
 
 

@@ -100,8 +100,11 @@ def _additive_mask(mask: torch.Tensor | None, q_len: int, kv_len: int, device: t
     return additive
 
 
-AttentionInterface.register(EXACT, exact_attention)
-AttentionMaskInterface.register(EXACT, sdpa_mask)
+def register_exact_attention() -> None:
+    """Make ``tjdnet_exact`` a transformers attention implementation (idempotent; done by
+    :func:`exact_attention_in`, so importing this module registers nothing)."""
+    AttentionInterface.register(EXACT, exact_attention)
+    AttentionMaskInterface.register(EXACT, sdpa_mask)
 
 
 def resolve_attention(choice: str, dtype: torch.dtype) -> bool:
@@ -127,6 +130,7 @@ def exact_attention_in(lm: torch.nn.Module, enabled: bool = True) -> Iterator[Ca
         yield lambda: False
         return
     if previous != EXACT:
+        register_exact_attention()
         lm.set_attn_implementation(EXACT)
     try:
         with row_invariant_products(lm):

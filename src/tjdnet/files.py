@@ -1,24 +1,68 @@
-"""Files written atomically: a temporary file in the same directory, renamed over the target."""
+"""Files and directories written atomically: built under a temporary name beside the target, then renamed over it,
+so a reader (or a run after a kill -9) sees the old version or the whole new one, never a part."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+TMP_SUFFIX = ".tmp"
 
-def write_json(path: str | Path, payload: Any) -> None:
-    """Write ``payload`` as JSON (non-JSON values as ``str``); a reader sees the old file or the whole new one."""
+
+@contextmanager
+def atomic_file(path: str | Path, mode: str = "w") -> Iterator[Any]:
+    """Open a temporary file for writing (``mode`` ``w`` or ``wb``); on a clean exit it is flushed, fsynced and
+    renamed to ``path``; on an error it is removed and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, default=str, ensure_ascii=False)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes it private; results are as readable as any other file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary directory; on a clean exit it replaces ``path`` (an existing ``path`` is removed
+    only once the new one is in place); on an error it is removed and ``path`` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; what it becomes is as readable as any other directory
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def stale_temporaries(path: str | Path) -> list[Path]:
+    """Temporary files or directories of ``path`` left behind by killed writers."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.name}.*{TMP_SUFFIX}"))
+
+
+def write_json(path: str | Path, payload: Any) -> None:
+    """Write ``payload`` as JSON (non-JSON values as ``str``), atomically."""
+    with atomic_file(path) as f:
+        json.dump(payload, f, indent=2, default=str, ensure_ascii=False)

@@ -7,20 +7,19 @@ ordinary ``save_pretrained`` directory (safetensors) under the tjdnet cache and 
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import json
 import logging
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from filelock import FileLock
+
+from tjdnet.files import atomic_directory, stale_temporaries
 
 if TYPE_CHECKING:  # transformers takes seconds to import; the functions import it when first called
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -96,17 +95,6 @@ def _is_complete(path: Path) -> bool:
     return (path / _COMPLETE_MARKER).is_file() and (path / "config.json").is_file()
 
 
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Exclusive inter-process lock held on ``path`` (created if needed) for the duration of the block."""
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _logits(model: PreTrainedModel, input_ids: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(input_ids).logits  # (1, T, V)
@@ -160,22 +148,15 @@ def embedded_model_dir(alias: str) -> Path:
         return target
     gguf_path = embedded_gguf_path(alias)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target.parent / f".{alias}.lock"):
+    with FileLock(target.parent / f".{alias}.lock"):
         if _is_complete(target):  # another process converted it while we waited
             return target
         # Leftovers of killed conversions; holding the lock means none of them is in progress.
-        for stale in target.parent.glob(f".{alias}.tmp-*"):
+        for stale in stale_temporaries(target):
             shutil.rmtree(stale, ignore_errors=True)
-        if target.exists():
-            shutil.rmtree(target)
         logger.info("converting %s (%s) into %s, once", alias, gguf_path.name, target)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{alias}.tmp-", dir=target.parent))
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is as readable as any other
-        try:
+        with atomic_directory(target) as tmp:
             _convert_gguf(gguf_path, tmp)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

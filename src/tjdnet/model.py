@@ -3,9 +3,7 @@
 The backbone is reached generically (``get_decoder()`` for the hidden states,
 ``get_output_embeddings()`` for the vocabulary projection), so GPT-2, Llama/SmolLM2, Qwen, ... all work
 without a per-model table. The output embedding is shared by the head's components and always frozen.
-Its ``nn.Linear`` layers (the backbone's included) become :class:`~tjdnet.kernels.OneDNNLinear` in place: the
-same module for every purpose, with faster gradient-free CPU products (``TJDNET_LINEAR_KERNEL=default`` keeps plain
-``nn.Linear``).
+The CPU kernel choices of :func:`tjdnet.kernels.cpu_kernels` apply only inside ``forward`` and ``generate``.
 """
 
 from __future__ import annotations
@@ -14,72 +12,31 @@ import contextlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
-from tjdnet.heads import HeadConfig, JointHead, check_token_conditioning, make_head, validate_head_config
-from tjdnet.kernels import onednn_requested, use_onednn_linears
+from tjdnet.config import TJDConfig
+from tjdnet.decoding import generate
+from tjdnet.files import atomic_directory
+from tjdnet.heads import HeadConfig, JointHead, make_head
+from tjdnet.kernels import cpu_kernels
+from tjdnet.loading import load_causal_lm
 from tjdnet.tensorops.logspace import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
-TRAIN_MODES = ("head", "lora", "full")
-LOSS_MODES = ("draft", "joint")
 CONFIG_FILE = "tjdnet_config.json"
 HEAD_WEIGHTS = "head.safetensors"
 BACKBONE_WEIGHTS = "backbone.safetensors"
 DRAFT_VOCAB_FILE = "draft_vocab.json"
-
-
-@dataclass
-class TJDConfig:
-    """Everything needed to rebuild a TJDModel from its base model.
-
-    Attributes:
-        base_model: alias (``smollm2-135m``), hub id or local directory of the causal LM.
-        head: name of the head (``stp``, ``multihead``, ``cp``, ``mps``).
-        horizon, rank, hidden_dim: head hyper-parameters (see :class:`HeadConfig`).
-        train_mode: ``head`` (backbone frozen), ``lora`` (peft adapters) or ``full``.
-        lora_layers: adapt only the last N transformer blocks (None: all).
-        loss_mode: ``draft`` (head NLL) or ``joint`` (head NLL + lambda x next-token cross-entropy).
-        use_memory_efficient_loss: score the head at every H-th position only (random phase).
-        token_conditioned: the head's positions 2..H also read the block's first token (see
-            :mod:`tjdnet.heads.base`); speculative decoding feeds it the verifier's token.
-    """
-
-    base_model: str
-    head: str = "cp"
-    horizon: int = 2
-    rank: int = 2
-    hidden_dim: int = 64
-    train_mode: str = "head"
-    lora_rank: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_layers: int | None = None
-    loss_mode: str = "draft"
-    joint_loss_lambda: float = 1.0
-    use_memory_efficient_loss: bool = False
-    lora_target_modules: list[str] = field(default_factory=list)
-    token_conditioned: bool = False
-
-    def validate(self) -> None:
-        if self.train_mode not in TRAIN_MODES:
-            raise ValueError(f"unknown train_mode {self.train_mode!r}; allowed: {', '.join(TRAIN_MODES)}")
-        if self.loss_mode not in LOSS_MODES:
-            raise ValueError(f"unknown loss_mode {self.loss_mode!r}; allowed: {', '.join(LOSS_MODES)}")
-        if self.train_mode == "lora" and self.lora_rank < 1:
-            raise ValueError(f"lora_rank={self.lora_rank} is not allowed; use an integer >= 1")
-        if self.joint_loss_lambda < 0:
-            raise ValueError(f"joint_loss_lambda={self.joint_loss_lambda} is not allowed; use a value >= 0")
-        check_token_conditioning(self.head, self.horizon, self.token_conditioned)
 
 
 @dataclass
@@ -121,8 +78,6 @@ def lora_target_modules(module: nn.Module, last_layers: int | None = None) -> li
     With ``last_layers``, only the projections inside the last N transformer blocks (the backbone's longest
     ModuleList): the frozen blocks below then need no backward pass at all, which roughly halves training cost.
     """
-    from transformers.pytorch_utils import Conv1D
-
     linear = {name for name, m in module.named_modules() if isinstance(m, nn.Linear | Conv1D)}
     if last_layers is None:
         return sorted({name.rsplit(".", 1)[-1] for name in linear})
@@ -137,8 +92,6 @@ def lora_target_modules(module: nn.Module, last_layers: int | None = None) -> li
 
 def uses_conv1d(module: nn.Module) -> bool:
     """GPT-2 style (in, out) weight layout, which LoRA must know about."""
-    from transformers.pytorch_utils import Conv1D
-
     return any(isinstance(m, Conv1D) for m in module.modules())
 
 
@@ -147,18 +100,17 @@ class TJDModel(nn.Module):
 
     Args:
         lm: a transformers ``PreTrainedModel`` with a causal-LM head.
-        config: the TJD configuration; ``config.base_model`` is what ``from_pretrained`` reloads.
+        config: the TJD configuration; ``config.model`` is what ``from_pretrained`` reloads.
     """
 
     def __init__(self, lm: nn.Module, config: TJDConfig) -> None:
         super().__init__()
-        config.validate()
         self.config = config
         self.lm = lm
         unembedding = lm.get_output_embeddings()
         vocab_size, hidden_size = unembedding.weight.shape
         self.head_config = HeadConfig(
-            name=config.head,
+            name=config.model_head,
             hidden_size=hidden_size,
             vocab_size=vocab_size,
             horizon=config.horizon,
@@ -166,31 +118,26 @@ class TJDModel(nn.Module):
             hidden_dim=config.hidden_dim,
             token_conditioned=config.token_conditioned,
         )
-        validate_head_config(self.head_config)
         head = make_head(self.head_config, unembedding, lm.get_input_embeddings())
         self.head: JointHead = head.to(unembedding.weight.dtype)
         self.next_token = make_head(HeadConfig("stp", hidden_size, vocab_size), unembedding)
         self._configure_training(config)
-        if onednn_requested():
-            use_onednn_linears(self)
 
     # ----- construction -------------------------------------------------------------------------------
 
     @classmethod
-    def from_base(cls, base_model: str, dtype: str | torch.dtype = "float32", device: str = "cpu", **kwargs):
-        """Load a causal LM by alias, hub id or path and put a fresh head on it. Returns (model, tokenizer)."""
-        from tjdnet.loading import load_causal_lm
+    def from_base(cls, model: str, dtype: str | torch.dtype = "float32", device: str = "cpu", **settings):
+        """Load a causal LM by alias, hub id or path and put a fresh head on it. Returns (model, tokenizer).
 
-        config = TJDConfig(base_model=base_model, **kwargs)
-        config.validate()
-        lm, tokenizer = load_causal_lm(base_model, dtype=dtype, device=device)
+        ``settings`` are :class:`~tjdnet.config.TJDConfig` fields (``model_head``, ``horizon``, ``rank``, ...).
+        """
+        config = TJDConfig(model=model, **settings)
+        lm, tokenizer = load_causal_lm(model, dtype=dtype, device=device)
         return cls(lm, config).to(device), tokenizer
 
     def _configure_training(self, config: TJDConfig) -> None:
         self.lm.requires_grad_(False)
         if config.train_mode == "lora":
-            from peft import LoraConfig, inject_adapter_in_model
-
             if not config.lora_target_modules:
                 config.lora_target_modules = lora_target_modules(self.backbone, config.lora_layers)
             lora = LoraConfig(
@@ -264,6 +211,10 @@ class TJDModel(nn.Module):
             input_ids: (B, T); attention_mask: (B, T) 1 for real tokens; labels: (B, T) with -100 where
                 no loss is wanted (defaults to input_ids with padding masked).
         """
+        with cpu_kernels(self):
+            return self._loss(input_ids, attention_mask, labels)
+
+    def _loss(self, input_ids, attention_mask, labels) -> TJDOutput:
         self.check_input_ids(input_ids)
         horizon = self.horizon
         if input_ids.shape[1] < horizon + 1:
@@ -301,15 +252,11 @@ class TJDModel(nn.Module):
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
         """KV-cached generation; see :func:`tjdnet.decoding.generate` for the arguments."""
-        from tjdnet.decoding import generate
-
         return generate(self, input_ids, attention_mask, **kwargs)
 
     # ----- LoRA at inference --------------------------------------------------------------------------
 
-    def _lora_layers(self) -> list[nn.Module]:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
+    def _lora_layers(self) -> list[BaseTunerLayer]:
         return [m for m in self.lm.modules() if isinstance(m, BaseTunerLayer)]
 
     @property
@@ -338,6 +285,11 @@ class TJDModel(nn.Module):
 
     # ----- parameters and persistence ------------------------------------------------------------------
 
+    def trained_keys(self) -> set[str]:
+        """State-dict keys of everything training changes (the head; LoRA or the backbone): what a checkpoint
+        holds. The frozen rest comes from the base model."""
+        return {f"head.{k}" for k in self.head.state_dict()} | {f"lm.{k}" for k in self.trainable_state_dict()}
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Backbone weights that training may change (LoRA adapters, or the whole body in ``full``)."""
         if self.config.train_mode == "head":
@@ -356,34 +308,26 @@ class TJDModel(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write config JSON + safetensors (head and trainable backbone weights) atomically."""
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
-            (tmp / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2))
+        with atomic_directory(directory) as tmp:
+            (tmp / CONFIG_FILE).write_text(json.dumps(self.config.to_json(), indent=2))
             save_file(_contiguous(self.head.state_dict()), tmp / HEAD_WEIGHTS)
             backbone = self.trainable_state_dict()
             if backbone:
                 save_file(_contiguous(backbone), tmp / BACKBONE_WEIGHTS)
             if self.head.draft_vocab is not None:
                 (tmp / DRAFT_VOCAB_FILE).write_text(json.dumps({"ids": self.head.draft_vocab.ids.tolist()}))
-            _replace_dir(tmp, directory)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
     def from_pretrained(
         cls, directory: str | os.PathLike, dtype: str | torch.dtype = "float32", device: str = "cpu"
     ) -> tuple[TJDModel, object]:
         """Rebuild a saved TJDModel (base model + saved weights). Returns (model, tokenizer)."""
-        from tjdnet.loading import load_causal_lm
-
         directory = Path(directory)
         config_path = directory / CONFIG_FILE
         if not config_path.is_file():
             raise FileNotFoundError(f"{directory} is not a saved TJDModel: {CONFIG_FILE} is missing")
-        config = TJDConfig(**json.loads(config_path.read_text()))
-        lm, tokenizer = load_causal_lm(config.base_model, dtype=dtype, device=device)
+        config = TJDConfig.from_json(json.loads(config_path.read_text()))
+        lm, tokenizer = load_causal_lm(config.model, dtype=dtype, device=device)
         model = cls(lm, config).to(device)
         model.load_weights(directory)
         return model, tokenizer
@@ -413,15 +357,3 @@ def _load(path: Path) -> dict[str, torch.Tensor]:
         return load_file(path)
     except Exception as error:  # safetensors raises its own error types for truncated files
         raise ValueError(f"cannot read weights file {path}: {error}") from None
-
-
-def _replace_dir(source: Path, target: Path) -> None:
-    """Move ``source`` to ``target``; an existing ``target`` is only removed once the new one is in place."""
-    if not target.exists():
-        os.replace(source, target)
-        return
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(target, old)
-    os.replace(source, target)
-    shutil.rmtree(old, ignore_errors=True)

@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 
-from tjdnet.bench.heads import HeadCase, measure_head, measure_in_child, run_bench_heads
+from tjdnet.commands.bench_heads import HeadCase, measure_head, measure_in_child, run_bench_heads
 
 CONFIG_FIELDS = (
     "head",

@@ -5,9 +5,9 @@ import json
 import matplotlib.image
 import pytest
 
-from tjdnet.bench.heads import run_bench_heads
-from tjdnet.bench.plots import make_plots
 from tjdnet.cli import main
+from tjdnet.commands.bench_heads import run_bench_heads
+from tjdnet.commands.bench_plot import make_plots
 
 
 def _bench_payload(horizon: int, rank: int, speedup: float) -> dict:

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from tjdnet.bench.runner import BENCH_MODES, parse_bench_modes, run_bench, run_bench_cli
 from tjdnet.cli import main
+from tjdnet.commands.bench import BENCH_MODES, parse_bench_modes, run_bench, run_bench_cli
 
 MODE_FIELDS = (
     "new_tokens",
@@ -95,7 +95,9 @@ def test_base_model_without_checkpoint(tiny_model_dir, tmp_path):
 def test_save_pretrained_directory_benches_like_a_checkpoint(tiny_model_dir, tmp_path):
     from tjdnet.model import TJDModel
 
-    model, _ = TJDModel.from_base(tiny_model_dir, head="mps", horizon=3, rank=2, hidden_dim=8)
+    model, _ = TJDModel.from_base(
+        tiny_model_dir, model_head="mps", horizon=3, rank=2, hidden_dim=8, train_mode="head", loss_mode="draft"
+    )
     model.save_pretrained(tmp_path / "head")
     payload = run_bench(
         ckpt_path=str(tmp_path / "head"), gen_modes="ar,speculative", num_prompts=2, max_new_tokens=6, repeats=1,
@@ -114,7 +116,7 @@ def test_save_pretrained_directory_benches_like_a_checkpoint(tiny_model_dir, tmp
         ({"num_prompts": 0}, "num_prompts=0"),
         ({"repeats": 0}, "repeats=0"),
         ({"batch_size": -1}, "batch_size=-1"),
-        ({"dataset": "nope"}, "unknown dataset 'nope'"),
+        ({"data": {"dataset": "nope"}}, "unknown dataset 'nope'"),
         ({"ckpt_path": None}, "exactly one of --ckpt_path"),
     ],
 )

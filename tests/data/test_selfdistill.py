@@ -1,7 +1,7 @@
 import pytest
 
 from tjdnet.data.examples import Example
-from tjdnet.data.selfdistill import self_distill
+from tjdnet.distill import self_distill
 
 EXAMPLES = [Example(f"q{i}", f"reference {i}") for i in range(5)]
 

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tjdnet.data import sample_user_prompts, user_turn_prefix
+from tjdnet.distill import sample_user_prompts, user_turn_prefix
 
 
 class ScriptedModel(torch.nn.Module):
@@ -15,7 +15,7 @@ class ScriptedModel(torch.nn.Module):
     def __init__(self, batches: list[list[list[int]]]) -> None:
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(1))
-        self.config = SimpleNamespace(base_model="scripted")
+        self.config = SimpleNamespace(model="scripted")
         self.batches = list(batches)
         self.prompts: list[torch.Tensor] = []
 

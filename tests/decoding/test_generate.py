@@ -19,7 +19,14 @@ def build(
     lm = make_tiny_lm(kind, **kwargs)
     rank = 1 if head in ("stp", "multihead") else rank
     config = TJDConfig(
-        base_model="unused", head=head, horizon=horizon, rank=rank, hidden_dim=8, token_conditioned=token_conditioned
+        model="unused",
+        model_head=head,
+        horizon=horizon,
+        rank=rank,
+        hidden_dim=8,
+        token_conditioned=token_conditioned,
+        train_mode="head",
+        loss_mode="draft",
     )
     model = TJDModel(lm, config)
     torch.manual_seed(seed)
@@ -223,7 +230,12 @@ def test_ragged_rejections_are_masked_per_row():
 @pytest.mark.parametrize("tree_nodes", [0, 5])
 def test_lora_verify_with_base_reproduces_the_original_model(tree_nodes):
     lm = make_tiny_lm("llama")
-    model = TJDModel(lm, TJDConfig(base_model="unused", head="cp", horizon=3, rank=2, hidden_dim=8, train_mode="lora"))
+    model = TJDModel(
+        lm,
+        TJDConfig(
+            model="unused", model_head="cp", horizon=3, rank=2, hidden_dim=8, train_mode="lora", loss_mode="draft"
+        ),
+    )
     perturb_lora_b(model.lm, std=0.5)
     ids, mask = ragged_prompts(2)
     base = build("llama", "stp", 1).generate(ids, mask, gen_mode="ar", max_new_tokens=16)

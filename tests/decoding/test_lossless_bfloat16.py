@@ -67,7 +67,7 @@ def test_main_job_configuration_is_lossless_in_bfloat16_on_real_prompts():
     """The `make main` model (cp, R = 2, H = 4, LoRA r = 16 on the last 8 blocks, merged) on the embedded SmolLM2 in
     bfloat16: 128 new tokens of chain and tree (batch 4) equal one-prompt-at-a-time ar on 24 real prompts."""
     model, tokenizer = TJDModel.from_base(
-        "smollm2-135m", dtype="bfloat16", head="cp", horizon=4, rank=2, hidden_dim=64, train_mode="lora",
+        "smollm2-135m", dtype="bfloat16", model_head="cp", horizon=4, rank=2, hidden_dim=64, train_mode="lora",
         lora_rank=16, lora_layers=8, loss_mode="joint",
     )  # fmt: skip
     perturb_lora_b(model.lm, std=0.01, generator=torch.Generator().manual_seed(0))

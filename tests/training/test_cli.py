@@ -11,8 +11,8 @@ import pytest
 import torch
 from tiny_models import save_tiny_model_dir
 
+from tjdnet.checkpoints import load_trained
 from tjdnet.cli import main
-from tjdnet.training.restore import load_trained
 
 FIT = [
     "--model.model_head", "cp", "--model.horizon", "3", "--model.rank", "2", "--model.hidden_dim", "8",
@@ -193,8 +193,8 @@ def test_fit_with_a_draft_vocab_saves_it_and_decodes_losslessly_from_it(model_di
     ckpt = experiments / "dv" / "best.ckpt"
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)["draft_vocab"]
     assert len(saved) == 24 and saved == sorted(saved)
-    module, _ = load_trained(ckpt)
-    assert module.model.head.draft_vocab.ids.tolist() == saved
+    trained = load_trained(ckpt)
+    assert trained.model.head.draft_vocab.ids.tolist() == saved
     test = ["test", "--ckpt_path", str(ckpt), "--data.max_num_samples", "2", "--max_new_tokens", "6",
             "--gen_modes", "ar,speculative,speculative_tree"]  # fmt: skip
     assert run(test, capsys)[0] == 0

@@ -22,7 +22,14 @@ def _model(head: str = "cp", horizon: int = 3, rank: int = 2, token_conditioned:
     lm = make_tiny_lm("llama")
     torch.manual_seed(0)
     config = TJDConfig(
-        base_model="tiny", head=head, horizon=horizon, rank=rank, hidden_dim=8, token_conditioned=token_conditioned
+        model="tiny",
+        model_head=head,
+        horizon=horizon,
+        rank=rank,
+        hidden_dim=8,
+        token_conditioned=token_conditioned,
+        train_mode="head",
+        loss_mode="draft",
     )
     return TJDModel(lm, config)
 

@@ -1,15 +1,15 @@
-"""The LightningModule's arguments and a TJDConfig map onto each other."""
+"""The LightningModule's settings and a TJDConfig map onto each other."""
 
 from dataclasses import asdict
 
 from tjdnet.model import TJDConfig
-from tjdnet.training.module import TJDLitModule, config_hparams
+from tjdnet.training.module import TJDLitModule
 
 
-def test_config_hparams_rebuild_the_same_config(tiny_lm_dir):
+def test_module_settings_rebuild_the_same_config(tiny_lm_dir):
     config = TJDConfig(
-        base_model=tiny_lm_dir,
-        head="mps",
+        model=tiny_lm_dir,
+        model_head="mps",
         horizon=3,
         rank=4,
         hidden_dim=16,
@@ -22,7 +22,7 @@ def test_config_hparams_rebuild_the_same_config(tiny_lm_dir):
         use_memory_efficient_loss=True,
         token_conditioned=True,
     )
-    rebuilt = TJDLitModule(**config_hparams(config)).model.config
+    rebuilt = TJDLitModule(**config.to_json()).model.config
     ignored = {"lora_target_modules"}  # derived from lora_layers when the model is built
     assert {k: v for k, v in asdict(rebuilt).items() if k not in ignored} == {
         k: v for k, v in asdict(config).items() if k not in ignored

@@ -1,15 +1,13 @@
 """Data layer: datasets, prompt formatting, tokenisation with answer-only labels, answer parsing.
 
-Knows nothing of Lightning; ``tjdnet.training`` wraps it in a DataModule.
+Knows nothing of models or Lightning; ``tjdnet.training`` wraps it in a DataModule.
 """
 
 from tjdnet.data.answers import is_correct, parse_answer
-from tjdnet.data.encoding import answer_tokens, collate, encode_example, encode_prompt
+from tjdnet.data.encoding import answer_tokens, collate, encode_example, encode_prompt, prompt_batches
 from tjdnet.data.examples import Conversation, Example
 from tjdnet.data.formatting import IGNORE_INDEX, format_prompt, format_target
 from tjdnet.data.registry import DATASETS, DatasetSpec, load_examples
-from tjdnet.data.selfdistill import self_distill
-from tjdnet.data.synthetic import sample_user_prompts, user_turn_prefix
 
 __all__ = [
     "DATASETS",
@@ -26,7 +24,5 @@ __all__ = [
     "is_correct",
     "load_examples",
     "parse_answer",
-    "sample_user_prompts",
-    "self_distill",
-    "user_turn_prefix",
+    "prompt_batches",
 ]

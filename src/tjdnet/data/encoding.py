@@ -86,6 +86,19 @@ def collate(batch: Sequence[dict[str, Any]], pad_token_id: int, padding_side: st
     return out
 
 
+def prompt_batches(
+    tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], batch_size: int, device: str = "cpu"
+):
+    """Yield (examples, input_ids (B, T), attention_mask (B, T)) of the prompts, left-padded for generation."""
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        rows = [
+            {"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in (encode_prompt(tokenizer, e) for e in chunk)
+        ]
+        batch = collate(rows, tokenizer.pad_token_id, padding_side="left")
+        yield chunk, batch["input_ids"].to(device), batch["attention_mask"].to(device)
+
+
 def _first_words(example: Example | Conversation) -> str:
     text = example.messages[0]["content"] if isinstance(example, Conversation) else example.question
     return text[:60]

@@ -5,7 +5,6 @@ from tjdnet.decoding.generate import (
     NAMED_MODES,
     TREE_MODE,
     GenerationOutput,
-    add_decoding_arguments,
     generate,
     mode_arguments,
 )
@@ -22,6 +21,5 @@ __all__ = [
     "GenerationStats",
     "RowStats",
     "generate",
-    "add_decoding_arguments",
     "mode_arguments",
 ]

@@ -19,6 +19,7 @@ from tjdnet.attention import exact_attention_in, resolve_attention
 from tjdnet.decoding.acceptance import greedy_accept, greedy_accept_tree, speculative_accept
 from tjdnet.decoding.stats import GenerationStats, RowStats
 from tjdnet.decoding.tree import DEFAULT_TREE_NODES, DEFAULT_TREE_TOPK, DraftTree, build_draft_tree, tree_attention_mask
+from tjdnet.kernels import cpu_kernels
 from tjdnet.sampling import SamplingConfig, choose_tokens, process_log_probs
 
 GEN_MODES = ("ar", "draft", "speculative")
@@ -37,16 +38,6 @@ def mode_arguments(
     if mode == TREE_MODE:
         return {"gen_mode": "speculative", "tree_nodes": tree_nodes, "tree_topk": tree_topk, "attention": attention}
     return {"gen_mode": mode, "attention": attention}
-
-
-def add_decoding_arguments(parser) -> None:
-    """``--tree_nodes``, ``--tree_topk`` and ``--attention``: the options of our modes in ``tjdnet test``,
-    ``bench`` and ``generate``."""
-    parser.add_argument("--tree_nodes", type=int, default=DEFAULT_TREE_NODES, help="draft tree size (speculative_tree)")
-    parser.add_argument("--tree_topk", type=int, default=DEFAULT_TREE_TOPK, help="prefixes expanded per tree depth")
-    parser.add_argument(
-        "--attention", type=str, default="auto", help="exact (lossless in 16-bit floats), model, or auto: see generate"
-    )
 
 
 @dataclass
@@ -249,7 +240,7 @@ def generate(
         stats.forward_passes += n_caches
         return hidden, process_log_probs(model.next_token_logits(verify_hidden), config)
 
-    with exact_attention_in(model.lm, exact) as exact_attention_used:
+    with cpu_kernels(model), exact_attention_in(model.lm, exact) as exact_attention_used:
         start = time.perf_counter()
         if max_new_tokens == 0:
             return _finish(input_ids, out, stats, pad_token_id, streamer)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -88,20 +88,6 @@ class GenerationStats:
     def tokens_per_s(self) -> float:
         """End-to-end new tokens per second (prefill included)."""
         return self.new_tokens / self.total_time_s if self.total_time_s else 0.0
-
-    def to_dict(self) -> dict:
-        out = {k: v for k, v in asdict(self).items() if k != "rows"}
-        for name in (
-            "new_tokens",
-            "tau",
-            "acceptance_rate",
-            "per_position_acceptance",
-            "accepted_length_histogram",
-            "tokens_per_s",
-        ):
-            out[name] = getattr(self, name)
-        out["rows"] = [{**asdict(r), "tau": r.tau, "acceptance_rate": r.acceptance_rate} for r in self.rows]
-        return out
 
 
 def acceptance_by_position(accepted_at: list[int], reached: list[int]) -> list[float | None]:

@@ -17,26 +17,31 @@ FIXED_RANK_ONE = ("stp", "multihead")
 
 def validate_head_config(config: HeadConfig) -> None:
     """Raise a one-line ValueError naming the first bad field of a head configuration."""
-    if config.name not in HEADS:
-        raise ValueError(f"unknown head {config.name!r}; allowed heads: {', '.join(HEADS)}")
-    for field in ("horizon", "rank", "hidden_dim", "hidden_size", "vocab_size", "loss_chunk_elements"):
-        value = getattr(config, field)
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{field}={value!r} is not allowed; use an integer >= 1")
-    if config.name == "stp" and config.horizon != 1:
-        raise ValueError(f"horizon={config.horizon} is not allowed for the stp head; stp has horizon 1")
-    if config.name in FIXED_RANK_ONE and config.rank != 1:
-        raise ValueError(f"rank={config.rank} is not allowed for the {config.name} head; it has rank 1")
-    check_token_conditioning(config.name, config.horizon, config.token_conditioned)
+    check_head_settings(config.name, config.horizon, config.rank, config.hidden_dim, config.token_conditioned)
+    for field in ("hidden_size", "vocab_size", "loss_chunk_elements"):
+        _check_positive(field, getattr(config, field))
 
 
-def check_token_conditioning(name: str, horizon: int, token_conditioned: bool) -> None:
-    """A token-conditioned head needs adapters and a position after the first one."""
+def check_head_settings(name: str, horizon: int, rank: int, hidden_dim: int, token_conditioned: bool) -> None:
+    """Raise a one-line ValueError naming the first bad head setting (those a user chooses)."""
+    if name not in HEADS:
+        raise ValueError(f"unknown head {name!r}; allowed heads: {', '.join(HEADS)}")
+    for field, value in (("horizon", horizon), ("rank", rank), ("hidden_dim", hidden_dim)):
+        _check_positive(field, value)
+    if name == "stp" and horizon != 1:
+        raise ValueError(f"horizon={horizon} is not allowed for the stp head; stp has horizon 1")
+    if name in FIXED_RANK_ONE and rank != 1:
+        raise ValueError(f"rank={rank} is not allowed for the {name} head; it has rank 1")
     if token_conditioned and (name == "stp" or horizon < 2):
         raise ValueError(
             f"token_conditioned is not allowed for {name} with horizon={horizon}; "
             "it needs a multihead, cp or mps head with horizon >= 2"
         )
+
+
+def _check_positive(field: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{field}={value!r} is not allowed; use an integer >= 1")
 
 
 def make_head(config: HeadConfig, unembedding: nn.Module, embedding: nn.Module | None = None) -> JointHead:
@@ -53,7 +58,7 @@ __all__ = [
     "BlockDistribution",
     "HeadConfig",
     "JointHead",
-    "check_token_conditioning",
+    "check_head_settings",
     "make_head",
     "validate_head_config",
 ]

@@ -18,7 +18,7 @@ draft of y_2.. sees it, as the base model would; the head stays one pass per blo
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -56,9 +56,6 @@ class HeadConfig:
     hidden_dim: int = 64
     loss_chunk_elements: int = DEFAULT_LOSS_CHUNK_ELEMENTS
     token_conditioned: bool = False
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class ComponentAdapters(nn.Module):

@@ -9,8 +9,10 @@ from pathlib import Path
 import lightning as L
 from torch.utils.data import DataLoader
 
-from tjdnet.data import DATASETS, collate, encode_example, load_examples, self_distill
+from tjdnet.data import DATASETS, collate, encode_example, load_examples
+from tjdnet.distill import base_model_answerer, distill_settings, self_distill
 from tjdnet.loading import load_tokenizer
+from tjdnet.runs import experiments_dir
 
 logger = logging.getLogger(__name__)
 
@@ -92,13 +94,9 @@ class TJDDataModule(L.LightningDataModule):
         logger.info("%s: %d training rows, %d validation rows", self.name, len(self.train_rows), len(self.eval_rows))
 
     def _distill(self, module, tokenizer, examples):
-        from tjdnet.training.distill import base_model_answerer, distill_settings
-
         h = self.hparams
         answer = base_model_answerer(module.model, tokenizer, h.distill_max_new_tokens, h.batch_size)
-        settings = distill_settings(module.hparams.model, h.distill_max_new_tokens, module.hparams.dtype)
-        from tjdnet.cli import experiments_dir
-
+        settings = distill_settings(module.settings.model, h.distill_max_new_tokens, module.settings.dtype)
         return self_distill(examples, answer, experiments_dir() / "selfdistill", h.batch_size, settings)
 
     def _loader(self, rows: list[dict], shuffle: bool) -> DataLoader:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from tjdnet.cli import experiments_dir, run_name
+from tjdnet.commands.test import run_test
+from tjdnet.kernels import cpu_kernels
+from tjdnet.runs import experiments_dir, run_name
 from tjdnet.training.callbacks import PrintSampleCallback
 from tjdnet.training.checkpoint_io import AtomicCheckpointIO
 from tjdnet.training.datamodule import TJDDataModule
-from tjdnet.training.module import TJDLitModule, default_horizon, default_rank
+from tjdnet.training.module import FitSettings, TJDLitModule
 
 logger = logging.getLogger(__name__)
 
@@ -35,17 +38,15 @@ class TJDCLI(LightningCLI):
         parser.link_arguments("model.model", "data.tokenizer")
 
     def before_instantiate_classes(self) -> None:
+        """Check the settings (before the slow model load) and name the run from the resolved ones."""
         config = self.config
-        head = config.model.model_head
-        horizon = config.model.horizon or default_horizon(head)
-        if horizon + 1 > config.data.seq_len:
-            raise ValueError(f"horizon={horizon} does not fit in seq_len={config.data.seq_len}; use horizon < seq_len")
-        config.model.horizon = horizon
-        config.model.rank = config.model.rank or default_rank(head)
-        self.run_dir = experiments_dir() / (config.run_name or self._default_run_name())
-
-    def _default_run_name(self) -> str:
-        return run_name(vars(self.config.model), _plain(self.config.data))
+        settings = FitSettings(**vars(config.model))
+        if settings.horizon + 1 > config.data.seq_len:
+            raise ValueError(
+                f"horizon={settings.horizon} does not fit in seq_len={config.data.seq_len}; use horizon < seq_len"
+            )
+        name = config.run_name or run_name(asdict(settings), _plain(config.data))
+        self.run_dir = experiments_dir() / name
 
     def instantiate_trainer(self, **kwargs: Any):
         trainer_config = self.config_init.get("trainer", {})
@@ -96,11 +97,10 @@ def run_fit(args: list[str]) -> Path:
     if ckpt_path is None and last.is_file():
         ckpt_path = str(last)
         logger.info("resuming from %s", last)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    with cpu_kernels(cli.model.model):
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
     logger.info("checkpoints in %s", run_dir)
     if cli.config.test_after_fit and cli.trainer.is_global_zero:
-        from tjdnet.training.test import run_test
-
         best = run_dir / "best.ckpt"
         test = cli.config.test
         run_test(
@@ -108,6 +108,6 @@ def run_fit(args: list[str]) -> Path:
             gen_modes=test.gen_modes,
             max_new_tokens=test.max_new_tokens,
             batch_size=test.batch_size,
-            data_overrides={"max_num_samples": test.max_num_samples},
+            data={"max_num_samples": test.max_num_samples},
         )
     return run_dir

@@ -7,9 +7,8 @@ from collections.abc import Callable
 
 import torch
 
-from tjdnet.data import Example
-from tjdnet.data.selfdistill import with_dtype
-from tjdnet.evaluation import prompt_batches
+from tjdnet.data import Example, prompt_batches
+from tjdnet.distill.cache import with_dtype
 
 
 def base_model_answerer(model, tokenizer, max_new_tokens: int, batch_size: int) -> Callable[[list[str]], list[str]]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from tjdnet.data.formatting import has_chat_template
-from tjdnet.data.selfdistill import cache_key, with_dtype
+from tjdnet.distill.cache import cache_key, with_dtype
 from tjdnet.files import write_json
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def sample_user_prompts(
     if n < 1 or batch_size < 1:
         raise ValueError(f"n={n} and batch_size={batch_size} must be positive integers")
     prefix = user_turn_prefix(tokenizer)
-    settings = {"model": getattr(model.config, "base_model", None), "n": n, "max_new_tokens": max_new_tokens}
+    settings = {"model": getattr(model.config, "model", None), "n": n, "max_new_tokens": max_new_tokens}
     settings |= {"temperature": temperature, "seed": seed, "prefix": prefix}
     if openers:
         settings["openers"] = list(openers)

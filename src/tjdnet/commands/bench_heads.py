@@ -32,6 +32,7 @@ from torch import nn
 from tjdnet.files import write_json
 from tjdnet.heads import HEADS, HeadConfig, make_head, validate_head_config
 from tjdnet.heads.base import DEFAULT_LOSS_CHUNK_ELEMENTS
+from tjdnet.kernels import flushed_denormals
 from tjdnet.machine import machine_info
 
 logger = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ def measure_in_child(case: HeadCase) -> dict:
     """:func:`measure_head` in a fresh Python process (one allocator history per configuration)."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
     proc = subprocess.run(
-        [sys.executable, "-m", "tjdnet.bench.heads"],
+        [sys.executable, "-m", "tjdnet.commands.bench_heads"],
         input=json.dumps(asdict(case)),
         capture_output=True,
         text=True,
@@ -273,7 +274,9 @@ def format_heads_table(payload: dict) -> str:
 
 
 def run_bench_heads_cli(args: list[str]) -> dict:
-    parser = ArgumentParser(prog="tjdnet bench-heads", description="Parameters, loss memory and time of the heads.")
+    parser = ArgumentParser(
+        prog="tjdnet.commands.bench_heads", description="Parameters, loss memory and time of the heads."
+    )
     parser.add_argument("--heads", type=str, default="multihead,cp,mps")
     parser.add_argument("--ranks", type=str, default="1,2,4,8,16")
     parser.add_argument("--horizons", type=str, default="2,4,8")
@@ -292,4 +295,5 @@ def run_bench_heads_cli(args: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure_head(HeadCase(**json.loads(sys.stdin.read())))))
+    with flushed_denormals():  # as in training, so a denormal slowdown does not skew the times
+        print(json.dumps(measure_head(HeadCase(**json.loads(sys.stdin.read())))))

@@ -1,0 +1,163 @@
+"""``tjdnet bench``: decoding speed of a checkpoint against KV-cached baselines, in one process.
+
+It is ``tjdnet test`` with repeats, warm-up, transformers' baselines and the prefill/decode split reported:
+the same engine (:mod:`tjdnet.evaluation.engine`), the same metrics (docs/metrics.md). Baselines:
+
+* ``ar``: our KV-cached greedy loop on the same backbone (next-token head);
+* ``hf_generate``: transformers ``generate(do_sample=False, use_cache=True)`` of the same model;
+* ``prompt_lookup``: transformers prompt-lookup decoding (batch 1 only).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from tjdnet.attention import resolve_attention
+from tjdnet.commands.options import DataChoice, DecodingOptions, load_for_decoding, parse_call
+from tjdnet.commands.test import parse_gen_modes, test_split
+from tjdnet.data import DATASETS, load_examples
+from tjdnet.decoding import NAMED_MODES, TREE_MODE
+from tjdnet.evaluation import HF_MODES, format_table, hf_generator, run_modes, summarise
+from tjdnet.files import write_json
+from tjdnet.machine import machine_info
+
+logger = logging.getLogger(__name__)
+
+BENCH_MODES = (*NAMED_MODES, *HF_MODES)
+HEAD_MODES = ("draft", "speculative", TREE_MODE)  # need a trained joint head
+TABLE_COLUMNS = (
+    "tau",
+    "acceptance_rate",
+    "decode_time_s",
+    "tokens_per_s",
+    "speedup_vs_ar",
+    "speedup_vs_hf_generate",
+    "identical_to_ar",
+    "accuracy",
+)
+
+
+def parse_bench_modes(value: str | Sequence[str], has_head: bool = True) -> list[str]:
+    """The benchmark modes in ``value`` (comma-separated), checked; draft/speculative need a trained head."""
+    modes = parse_gen_modes(value, BENCH_MODES)
+    for mode in modes:
+        if mode in HEAD_MODES and not has_head:
+            raise ValueError(f"gen_mode {mode!r} needs a trained joint head (--ckpt_path); without one use ar, hf_*")
+    return modes
+
+
+def _check_counts(**counts: tuple[int, int]) -> None:
+    for name, (value, low) in counts.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name}={value!r} is not allowed; use an integer >= {low}")
+
+
+def run_bench(
+    ckpt_path: str | None = None,
+    model: str | None = None,
+    gen_modes: str = "ar,hf_generate,speculative,speculative_tree",
+    num_prompts: int = 20,
+    batch_size: int = 1,
+    repeats: int = 3,
+    warmup: int = 3,
+    seed: int = 0,
+    out: str = "bench_results.json",
+    data: DataChoice | dict | None = None,
+    **options,
+) -> dict:
+    """Benchmark decoding modes on ``num_prompts`` test prompts; returns the JSON payload (also written to ``out``).
+
+    Args:
+        ckpt_path: best.ckpt / last.ckpt of a run, or a save_pretrained directory.
+        model: a base model instead of a checkpoint (ar and hf_* modes only).
+        gen_modes: comma-separated modes: ar, draft, speculative, speculative_tree, hf_generate, prompt_lookup.
+        num_prompts: test prompts to time.
+        batch_size: prompts per batch.
+        repeats: timed runs of every mode on every prompt.
+        warmup: untimed runs of every mode on the first batch.
+        seed: seed of the prompt sample and of torch.
+        out: JSON path.
+        data: which prompts (default: stemp's test split).
+        **options: the fields of :class:`~tjdnet.commands.options.DecodingOptions`.
+    """
+    decoding = DecodingOptions(**options)
+    if (ckpt_path is None) == (model is None):
+        raise ValueError("give exactly one of --ckpt_path (a trained checkpoint) or --model (a base model)")
+    modes = parse_bench_modes(gen_modes, has_head=ckpt_path is not None)
+    _check_counts(num_prompts=(num_prompts, 1), batch_size=(batch_size, 1), repeats=(repeats, 1), warmup=(warmup, 0))
+    choice = vars(data) if isinstance(data, DataChoice) else dict(data or {})
+    if choice.get("max_num_samples") is not None:
+        raise ValueError("bench takes --num_prompts, not --data.max_num_samples")
+    dataset = choice.get("dataset") or "stemp"
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
+    decoding.apply_threads()
+    torch.manual_seed(seed)
+    split = test_split(dataset)
+    examples = load_examples(dataset, split, choice.get("path"), num_prompts, seed, choice.get("domain_shift") or "in")
+    tjd, tokenizer, description, _ = load_for_decoding(ckpt_path, model, decoding.dtype)
+    skipped = {}
+    if "prompt_lookup" in modes and batch_size > 1:
+        skipped["prompt_lookup"] = (
+            f"transformers supports prompt-lookup decoding at batch size 1 only (got {batch_size})"
+        )
+    modes = [m for m in modes if m not in skipped]
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos if eos is not None else 0)
+    ours = partial(tjd.generate, eos_token_id=eos, pad_token_id=pad)
+    generators = {
+        m: hf_generator(tjd, eos, pad, decoding.max_new_tokens, m == "prompt_lookup")
+        if m in HF_MODES
+        else partial(ours, **decoding.generate_kwargs(m))
+        for m in modes
+    }
+    logger.info("benchmarking %s on %d %s/%s prompts", ", ".join(modes), len(examples), dataset, split)
+    runs = run_modes(
+        generators, tjd.backbone, tokenizer, examples, batch_size, repeats, warmup, scored=DATASETS[dataset].scored
+    )
+    payload = {
+        **description,
+        "dataset": dataset,
+        "split": split,
+        "num_prompts": len(examples),
+        "args": {
+            "gen_modes": modes,
+            "num_prompts": num_prompts,
+            "batch_size": batch_size,
+            "repeats": repeats,
+            "warmup": warmup,
+            "seed": seed,
+            "out": str(out),
+            **vars(decoding),
+            "data": {**choice, "dataset": dataset},
+        },
+        "dtype": str(tjd.lm.dtype).removeprefix("torch."),
+        # our modes' attention (tjdnet.attention; transformers' generate keeps the model's own kernel)
+        "attention": "exact"
+        if resolve_attention(decoding.attention, tjd.lm.dtype)
+        else tjd.lm.config._attn_implementation,
+        "parameters": tjd.parameter_report(),
+        "machine": machine_info(),
+        "results": summarise(runs, num_prompts=len(examples)),
+        "skipped": skipped,
+    }
+    write_json(Path(out), payload)
+    print(format_bench_table(payload))
+    print(f"results written to {out}")
+    return payload
+
+
+def format_bench_table(payload: dict) -> str:
+    """The results as a plain-text table (times as medians over repeats), plus skipped modes."""
+    lines = [format_table(payload["results"], TABLE_COLUMNS)]
+    lines += [f"{mode}: skipped ({reason})" for mode, reason in payload.get("skipped", {}).items()]
+    return "\n".join(lines)
+
+
+def run_bench_cli(args: list[str]) -> dict:
+    return parse_call(run_bench, args, "tjdnet bench", "Decoding speed of a checkpoint vs KV-cached baselines.")

@@ -1,0 +1,106 @@
+"""What ``tjdnet test``, ``bench`` and ``generate`` share: the decoding options, the choice of prompts, loading
+the model to decode with, and turning a command function's signature into its command line."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jsonargparse import ArgumentParser
+
+from tjdnet.attention import ATTENTION_CHOICES
+from tjdnet.checkpoints import load_trained
+from tjdnet.decoding import DEFAULT_TREE_NODES, DEFAULT_TREE_TOPK, mode_arguments
+from tjdnet.loading import DTYPES
+from tjdnet.model import TJDModel
+
+
+@dataclass
+class DecodingOptions:
+    """How our modes decode.
+
+    Attributes:
+        max_new_tokens: most tokens generated per prompt.
+        dtype: ``float32`` or ``bfloat16`` weights (default: as trained; float32 for a base model).
+        horizon: block length (default: the head's).
+        tree_nodes: draft tree size of ``speculative_tree``.
+        tree_topk: prefixes expanded per tree depth.
+        attention: ``exact`` (lossless in 16-bit floats), ``model`` (the model's own kernel) or ``auto`` (exact
+            for 16-bit models).
+        num_threads: torch CPU threads (default: torch's choice).
+    """
+
+    max_new_tokens: int = 128
+    dtype: str | None = None
+    horizon: int | None = None
+    tree_nodes: int = DEFAULT_TREE_NODES
+    tree_topk: int = DEFAULT_TREE_TOPK
+    attention: str = "auto"
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for name, low in (
+            ("max_new_tokens", 1),
+            ("horizon", 1),
+            ("tree_nodes", 0),
+            ("tree_topk", 1),
+            ("num_threads", 1),
+        ):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+                raise ValueError(f"{name}={value!r} is not allowed; use an integer >= {low}")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r} is not allowed; use one of {', '.join(DTYPES)}")
+        if self.attention not in ATTENTION_CHOICES:
+            raise ValueError(f"attention={self.attention!r} is not allowed; use one of {', '.join(ATTENTION_CHOICES)}")
+
+    def apply_threads(self) -> None:
+        if self.num_threads is not None:
+            torch.set_num_threads(self.num_threads)
+
+    def generate_kwargs(self, mode: str) -> dict[str, Any]:
+        """``TJDModel.generate`` keyword arguments of a named mode (see :func:`tjdnet.decoding.mode_arguments`)."""
+        kwargs = mode_arguments(mode, self.tree_nodes, self.tree_topk, self.attention)
+        return {**kwargs, "horizon": self.horizon, "max_new_tokens": self.max_new_tokens}
+
+
+@dataclass
+class DataChoice:
+    """Which prompts to answer.
+
+    Attributes:
+        dataset: ``stemp``, ``gsm8k``, ``jsonl``, ``sharegpt`` or ``mt_bench``.
+        path: file or directory of the data.
+        max_num_samples: prompts to use (default: the whole split).
+        domain_shift: stemp's test shift: ``in``, ``mild`` or ``hard``.
+    """
+
+    dataset: str | None = None
+    path: str | None = None
+    max_num_samples: int | None = None
+    domain_shift: str | None = None
+
+
+def load_for_decoding(ckpt_path: str | None, model: str | None, dtype: str | None, merge_lora: bool = True):
+    """(TJDModel in eval mode, tokenizer, {"checkpoint", "model": settings}, data settings) from a trained
+    checkpoint (``best.ckpt`` or a save_pretrained directory) or, without one, a base model with its own
+    next-token head only. LoRA adapters are merged unless ``merge_lora`` is False."""
+    if ckpt_path is not None:
+        trained = load_trained(ckpt_path, dtype)
+        if merge_lora:
+            trained.model.merge_adapters()
+        return trained.model, trained.tokenizer, {"checkpoint": str(ckpt_path), "model": trained.settings}, trained.data
+    tjd, tokenizer = TJDModel.from_base(model, dtype=dtype or "float32", model_head="stp", train_mode="head")
+    settings = {"model": model, "model_head": "stp", "horizon": 1, "rank": 1}
+    return tjd.eval(), tokenizer, {"checkpoint": None, "model": settings}, {}
+
+
+def parse_call(function: Callable, args: list[str], prog: str, description: str) -> Any:
+    """Call ``function`` with the options in ``args``: its command line is its signature (docstring for the help;
+    ``**options`` flags come from the dataclass it passes them to, a dataclass parameter gives ``--<name>.*``)."""
+    parser = ArgumentParser(prog=prog, description=description)
+    parser.add_function_arguments(function, as_positional=False)
+    cfg = parser.instantiate_classes(parser.parse_args(args))
+    return function(**vars(cfg))
