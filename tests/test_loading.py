@@ -140,3 +140,11 @@ def test_embedded_smollm2_loads_offline_and_next_token_head_matches():
     assert torch.isfinite(expected).all()
     torch.testing.assert_close(got, expected)
     assert tokenizer.decode(expected[0, -1].argmax()).strip() == "Paris"
+
+
+def test_tokenizers_pad_on_the_left_for_generation(tiny_lm_dir):
+    """`tokenizer(prompts, padding=True)` gives a batch whose new tokens follow each prompt directly."""
+    _, tokenizer = load_causal_lm(tiny_lm_dir)
+    assert tokenizer.padding_side == "left" and tokenizer.pad_token is not None
+    batch = tokenizer(["a b c d e", "a"], padding=True)
+    assert batch["attention_mask"][1][0] == 0 and batch["attention_mask"][1][-1] == 1

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tiny_models import TINY_VOCAB, make_tiny_lm, perturb_lora_b
+from tiny_models import TINY_VOCAB, head_only_config, make_tiny_lm, perturb_lora_b
 
 from tjdnet.model import TJDConfig, TJDModel, block_targets
 from tjdnet.tensorops.logspace import IGNORE_INDEX
@@ -10,18 +10,7 @@ from tjdnet.tensorops.logspace import IGNORE_INDEX
 
 def build(kind="llama", **kwargs) -> TJDModel:
     lm = make_tiny_lm(kind)
-    config = TJDConfig(
-        model="unused",
-        **{
-            "model_head": "cp",
-            "train_mode": "head",
-            "loss_mode": "draft",
-            "horizon": 3,
-            "rank": 2,
-            "hidden_dim": 8,
-            **kwargs,
-        },
-    )
+    config = head_only_config(**{"horizon": 3, "rank": 2, **kwargs})
     return TJDModel(lm, config)
 
 

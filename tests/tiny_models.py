@@ -71,6 +71,22 @@ def save_tiny_model_dir(kind: str, path) -> str:
     return str(path)
 
 
+def head_only_config(head: str = "cp", **settings):
+    """A TJDConfig for a tiny model: a small head (hidden_dim 8) over a frozen backbone, trained on its NLL alone."""
+    from tjdnet.config import TJDConfig
+
+    return TJDConfig(
+        **{
+            "model": "unused",
+            "model_head": head,
+            "hidden_dim": 8,
+            "train_mode": "head",
+            "loss_mode": "draft",
+            **settings,
+        }
+    )
+
+
 def wide_model(kind: str, head: str = "cp", **config):
     """A random bfloat16 model with 64-wide attention heads over a 300-token context, where the fused kernels give a
     token other bits in a k-token pass than in a single-token one (checked on this CPU: 4 in 5 positions differ),
@@ -85,20 +101,9 @@ def wide_model(kind: str, head: str = "cp", **config):
                 "llama", hidden_size=256, intermediate_size=3072, num_hidden_layers=4, max_position_embeddings=512
             )
         )
-    from tjdnet.model import TJDConfig, TJDModel
+    from tjdnet.model import TJDModel
 
-    settings = TJDConfig(
-        model="unused",
-        **{
-            "model_head": head,
-            "train_mode": "head",
-            "loss_mode": "draft",
-            "horizon": 4,
-            "rank": 2,
-            "hidden_dim": 8,
-            **config,
-        },
-    )
+    settings = head_only_config(head, **{"horizon": 4, "rank": 2, **config})
     return TJDModel(lm.eval(), settings).to(torch.bfloat16).eval()
 
 

@@ -228,8 +228,15 @@ def _load_tokenizer_from(path: str, name_or_path: str) -> PreTrainedTokenizerBas
     except OSError as err:
         logger.debug("loading tokenizer %r failed: %s", path, err)
         raise _not_found(name_or_path, "has no tokenizer locally and could not be downloaded") from None
+    return for_generation(tokenizer)
+
+
+def for_generation(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """``tokenizer`` padding on the left (new tokens follow each prompt directly), with EOS as its pad token when
+    it has none."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
     return tokenizer
 
 
@@ -248,6 +255,4 @@ def gpt2_tokenizer() -> PreTrainedTokenizerBase:
     vocab = json.loads((data / "encoder.json").read_text(encoding="utf-8"))
     lines = (data / "vocab.bpe").read_text(encoding="utf-8").splitlines()
     merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
-    tokenizer = GPT2TokenizerFast(vocab=vocab, merges=merges)
-    tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return for_generation(GPT2TokenizerFast(vocab=vocab, merges=merges))

@@ -3,7 +3,7 @@ pass counting, the KV cache after rejections, and input errors."""
 
 import pytest
 import torch
-from tiny_models import TINY_VOCAB, make_tiny_lm, perturb_lora_b
+from tiny_models import TINY_VOCAB, head_only_config, make_tiny_lm, perturb_lora_b
 from transformers import DynamicCache
 
 from tjdnet.decoding.generate import _Rows
@@ -18,16 +18,7 @@ def build(
 ) -> TJDModel:
     lm = make_tiny_lm(kind, **kwargs)
     rank = 1 if head in ("stp", "multihead") else rank
-    config = TJDConfig(
-        model="unused",
-        model_head=head,
-        horizon=horizon,
-        rank=rank,
-        hidden_dim=8,
-        token_conditioned=token_conditioned,
-        train_mode="head",
-        loss_mode="draft",
-    )
+    config = head_only_config(head, horizon=horizon, rank=rank, token_conditioned=token_conditioned)
     model = TJDModel(lm, config)
     torch.manual_seed(seed)
     with torch.no_grad():  # a deliberately bad (random) head: low acceptance
@@ -134,6 +125,45 @@ def test_batched_rows_equal_rows_alone(kind):
         real = mask[b].bool()
         alone = model.generate(ids[b : b + 1, real], gen_mode="speculative", max_new_tokens=20, eos_token_id=EOS)
         assert alone.new_tokens[0] == together.new_tokens[b]
+
+
+def right_padded(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same prompts padded on the right (a tokenizer's default padding side)."""
+    order = torch.sort(1 - mask, dim=1, stable=True).indices  # real tokens first, in order
+    return ids.gather(1, order), mask.gather(1, order)
+
+
+@pytest.mark.parametrize("gen_mode", ["ar", "speculative", "draft"])
+def test_right_padded_rows_equal_rows_alone(gen_mode):
+    model = build("llama", "cp", 3)
+    ids, mask = right_padded(*ragged_prompts(4, seed=5))
+    assert mask[:, -1].tolist() != [1, 1, 1, 1]  # really padded on the right
+    together = model.generate(ids, mask, gen_mode=gen_mode, max_new_tokens=12, eos_token_id=EOS)
+    for b in range(4):
+        alone = model.generate(ids[b : b + 1, mask[b].bool()], gen_mode=gen_mode, max_new_tokens=12, eos_token_id=EOS)
+        assert alone.new_tokens[0] == together.new_tokens[b]
+
+
+def test_padded_batch_without_a_mask_is_refused():
+    model = build("gpt2")
+    ids, _ = ragged_prompts(3)
+    with pytest.raises(ValueError, match="row 0 starts or ends with a pad token but no attention_mask"):
+        model.generate(ids, pad_token_id=2)
+    with pytest.raises(ValueError, match="no attention_mask"):
+        model.generate(ids, eos_token_id=2)  # padded with EOS, as tokenizers without a pad token are
+
+
+@pytest.mark.parametrize(
+    "ids,mask,match",
+    [
+        (torch.rand(1, 4), None, "input_ids have dtype torch.float32; pass integer token ids"),
+        (torch.full((2, 4), 5), torch.ones(2, 3, dtype=torch.long), r"attention_mask of shape \(2, 3\) does not match"),
+        (torch.full((1, 4), 5), torch.tensor([[0, 2, 1, 1]]), "values other than 0 and 1"),
+    ],
+)
+def test_malformed_prompt_tensors_are_one_line_errors(ids, mask, match):
+    with pytest.raises(ValueError, match=match):
+        build("gpt2").generate(ids, mask)
 
 
 @pytest.mark.parametrize("token_conditioned", [False, True])

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from tiny_models import make_tiny_lm
+from tiny_models import head_only_config, make_tiny_lm
 
-from tjdnet.model import TJDConfig, TJDModel
+from tjdnet.model import TJDModel
 from tjdnet.training.head_features import collect_features, evaluate_head, fit_head
 
 
@@ -21,16 +21,7 @@ def _rows(n: int, length: int, vocab: int, seed: int = 0) -> list[dict]:
 def _model(head: str = "cp", horizon: int = 3, rank: int = 2, token_conditioned: bool = False) -> TJDModel:
     lm = make_tiny_lm("llama")
     torch.manual_seed(0)
-    config = TJDConfig(
-        model="tiny",
-        model_head=head,
-        horizon=horizon,
-        rank=rank,
-        hidden_dim=8,
-        token_conditioned=token_conditioned,
-        train_mode="head",
-        loss_mode="draft",
-    )
+    config = head_only_config(head, horizon=horizon, rank=rank, token_conditioned=token_conditioned)
     return TJDModel(lm, config)
 
 

@@ -141,6 +141,41 @@ def _validate_tree(tree_nodes: int, tree_topk: int, gen_mode: str, do_sample: bo
         raise ValueError("tree drafting verifies greedily: use do_sample=False, or tree_nodes=0 to sample")
 
 
+def left_aligned(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor | None, pad_ids: set[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), both (B, T), with each row's real tokens moved to its right end (left padding).
+
+    Decoding appends to the right of every row, so a right-padded batch (a tokenizer's default) would put the new
+    tokens after the padding; moving the tokens left of their masked-out positions gives each row what it gives
+    alone (positions follow the mask either way). Without a mask, a batch whose first or last column holds a pad
+    id (``pad_ids``) is refused: it looks padded, and nothing says where.
+    """
+    if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool or input_ids.is_complex():
+        raise ValueError(f"input_ids have dtype {input_ids.dtype}; pass integer token ids (torch.long)")
+    if attention_mask is None:
+        if input_ids.shape[0] > 1 and pad_ids:
+            edges = torch.isin(input_ids[:, [0, -1]], torch.tensor(sorted(pad_ids), device=input_ids.device))
+            if edges.any():
+                row = int(edges.any(-1).nonzero()[0])
+                raise ValueError(
+                    f"input_ids row {row} starts or ends with a pad token but no attention_mask was given; "
+                    "pass the tokenizer's attention_mask"
+                )
+        return input_ids, torch.ones_like(input_ids)
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask of shape {tuple(attention_mask.shape)} does not match input_ids of shape "
+            f"{tuple(input_ids.shape)}"
+        )
+    if not ((attention_mask == 0) | (attention_mask == 1)).all():
+        raise ValueError("attention_mask holds values other than 0 and 1")
+    if (attention_mask[:, 1:] >= attention_mask[:, :-1]).all():
+        return input_ids, attention_mask
+    order = torch.sort(attention_mask.long(), dim=1, stable=True).indices  # padding first, tokens in order
+    return input_ids.gather(1, order), attention_mask.gather(1, order)
+
+
 def _validate(model, input_ids, attention_mask, gen_mode, max_new_tokens, horizon, streamer) -> int:
     if gen_mode not in GEN_MODES:
         raise ValueError(f"unknown gen_mode {gen_mode!r}; allowed: {', '.join(GEN_MODES)}")
@@ -191,7 +226,8 @@ def generate(
 
     Args:
         model: a :class:`~tjdnet.model.TJDModel`.
-        input_ids: (B, T) left-padded prompts; attention_mask: (B, T), 1 for real tokens.
+        input_ids: (B, T) prompts; attention_mask: (B, T), 1 for real tokens (needed for a padded batch). Right
+            padding is moved to the left first (:func:`left_aligned`); ``sequences`` holds the prompts so.
         gen_mode: ``ar`` (next-token head), ``draft`` (``horizon`` tokens per pass from the joint head,
             lossy) or ``speculative`` (joint-head drafts verified by the next-token head, lossless).
         horizon: tokens per block (default: the head's horizon).
@@ -205,15 +241,16 @@ def generate(
             pass (:mod:`tjdnet.attention`: lossless ``speculative`` in 16-bit floats; every mode uses it, so outputs
             compare), ``model`` keeps the model's own kernel, ``auto`` is exact for bfloat16/float16 models.
     """
+    eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or [])
+    pad_ids = {i for i in (pad_token_id, getattr(model.lm.config, "pad_token_id", None)) if isinstance(i, int)} | eos
+    if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 and input_ids.numel():
+        input_ids, attention_mask = left_aligned(input_ids, attention_mask, pad_ids)
     horizon = _validate(model, input_ids, attention_mask, gen_mode, max_new_tokens, horizon, streamer)
     config = SamplingConfig(do_sample, temperature, top_k, top_p)
     _validate_tree(tree_nodes, tree_topk, gen_mode, do_sample)
     exact = resolve_attention(attention, next(model.lm.parameters()).dtype)
     if verify_with_base and not model.has_lora:
         raise ValueError("verify_with_base needs a model fine-tuned with LoRA (train_mode='lora')")
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or [])
     if pad_token_id is None:
         pad_token_id = min(eos) if eos else 0
     batch = input_ids.shape[0]
