@@ -34,7 +34,7 @@ from tjdnet.commands.bench import format_bench_table
 from tjdnet.data import Example, answer_tokens, encode_example, load_examples
 from tjdnet.decoding import DEFAULT_TREE_TOPK, mode_arguments
 from tjdnet.distill import REQUEST_OPENERS, base_model_answerer, distill_settings, sample_user_prompts, self_distill
-from tjdnet.evaluation import run_modes, summarise
+from tjdnet.evaluation import run_modes
 from tjdnet.files import write_json
 from tjdnet.heads.vocab import frequent_tokens
 from tjdnet.loading import load_causal_lm
@@ -230,10 +230,10 @@ def main() -> None:
             tree = mode_arguments("speculative_tree", args.tree_nodes, args.tree_topk)
             generators |= {f"{n}/tree": partial(m.generate, **tree, **decode()) for n, m in models.items()}
         with torch.inference_mode():
-            runs = run_modes(
+            evaluation = run_modes(
                 generators, base.backbone, tokenizer, examples, 1, args.repeats, args.warmup, dataset == "gsm8k"
             )
-        results = summarise(runs, num_prompts=len(examples))
+        results = evaluation.summaries()
         for name, info in training.items():
             payload = {
                 "checkpoint": str(out_dir / "heads" / name),

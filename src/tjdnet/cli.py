@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> None:
             getattr(importlib.import_module(f"tjdnet.commands.{module}"), function)(rest)
     except (ValueError, FileNotFoundError) as error:
         _fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
+    except KeyboardInterrupt:
+        print("tjdnet: interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def _fail(message: str) -> None:

@@ -66,3 +66,29 @@ def write_json(path: str | Path, payload: Any) -> None:
     """Write ``payload`` as JSON (non-JSON values as ``str``), atomically."""
     with atomic_file(path) as f:
         json.dump(payload, f, indent=2, default=str, ensure_ascii=False)
+
+
+def check_writable(path: str | Path) -> Path:
+    """``path`` if a file can be written there (checked before any long job); ValueError naming it otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"output path {path} is a directory; give a file name")
+    parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {path}: {parent} is not a writable directory")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"cannot write {path}: the file is read-only")
+    return path
+
+
+def keep_previous(path: str | Path) -> Path | None:
+    """Move an existing ``path`` to the first free ``<stem>.<k><suffix>`` beside it (k = 1, 2, ...), so what it
+    held survives a new write; returns where it went."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    k = 1
+    while (kept := path.with_name(f"{path.stem}.{k}{path.suffix}")).exists():
+        k += 1
+    os.replace(path, kept)
+    return kept

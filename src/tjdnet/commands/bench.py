@@ -13,22 +13,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from functools import partial
-from pathlib import Path
 
 import torch
 
 from tjdnet.attention import resolve_attention
-from tjdnet.commands.options import DataChoice, DecodingOptions, load_for_decoding, parse_call
+from tjdnet.commands.options import DataChoice, DecodingOptions, load_for_decoding, parse_call, report
 from tjdnet.commands.test import parse_gen_modes, test_split
 from tjdnet.data import DATASETS, load_examples
 from tjdnet.decoding import NAMED_MODES, TREE_MODE
-from tjdnet.evaluation import HF_MODES, format_table, hf_generator, run_modes, summarise
-from tjdnet.files import write_json
+from tjdnet.evaluation import HF_MODES, format_table, hf_generator, run_modes
+from tjdnet.files import check_writable
 from tjdnet.machine import machine_info
 
 logger = logging.getLogger(__name__)
 
 BENCH_MODES = (*NAMED_MODES, *HF_MODES)
+RESULTS_FILE = "bench_results.json"
 HEAD_MODES = ("draft", "speculative", TREE_MODE)  # need a trained joint head
 TABLE_COLUMNS = (
     "tau",
@@ -66,7 +66,7 @@ def run_bench(
     repeats: int = 3,
     warmup: int = 3,
     seed: int = 0,
-    out: str = "bench_results.json",
+    out: str | None = None,
     data: DataChoice | dict | None = None,
     **options,
 ) -> dict:
@@ -81,7 +81,7 @@ def run_bench(
         repeats: timed runs of every mode on every prompt.
         warmup: untimed runs of every mode on the first batch.
         seed: seed of the prompt sample and of torch.
-        out: JSON path.
+        out: JSON path (default: bench_results.json, an earlier one kept as bench_results.<k>.json).
         data: which prompts (default: stemp's test split).
         **options: the fields of :class:`~tjdnet.commands.options.DecodingOptions`.
     """
@@ -96,6 +96,7 @@ def run_bench(
     dataset = choice.get("dataset") or "stemp"
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
+    out_path = check_writable(out if out is not None else RESULTS_FILE)
     decoding.apply_threads()
     torch.manual_seed(seed)
     split = test_split(dataset)
@@ -117,14 +118,14 @@ def run_bench(
         for m in modes
     }
     logger.info("benchmarking %s on %d %s/%s prompts", ", ".join(modes), len(examples), dataset, split)
-    runs = run_modes(
+    evaluation = run_modes(
         generators, tjd.backbone, tokenizer, examples, batch_size, repeats, warmup, scored=DATASETS[dataset].scored
     )
     payload = {
         **description,
         "dataset": dataset,
         "split": split,
-        "num_prompts": len(examples),
+        "num_prompts": evaluation.num_prompts,
         "args": {
             "gen_modes": modes,
             "num_prompts": num_prompts,
@@ -132,7 +133,7 @@ def run_bench(
             "repeats": repeats,
             "warmup": warmup,
             "seed": seed,
-            "out": str(out),
+            "out": str(out_path),
             **vars(decoding),
             "data": {**choice, "dataset": dataset},
         },
@@ -143,12 +144,10 @@ def run_bench(
         else tjd.lm.config._attn_implementation,
         "parameters": tjd.parameter_report(),
         "machine": machine_info(),
-        "results": summarise(runs, num_prompts=len(examples)),
+        "results": evaluation.summaries(),
         "skipped": skipped,
     }
-    write_json(Path(out), payload)
-    print(format_bench_table(payload))
-    print(f"results written to {out}")
+    report(payload, format_bench_table(payload), out_path, evaluation.interrupted, keep_previous_file=out is None)
     return payload
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,6 +14,7 @@ from jsonargparse import ArgumentParser
 from tjdnet.attention import ATTENTION_CHOICES
 from tjdnet.checkpoints import load_trained
 from tjdnet.decoding import DEFAULT_TREE_NODES, DEFAULT_TREE_TOPK, mode_arguments
+from tjdnet.files import keep_previous, write_json
 from tjdnet.loading import DTYPES
 from tjdnet.model import TJDModel
 
@@ -95,6 +97,20 @@ def load_for_decoding(ckpt_path: str | None, model: str | None, dtype: str | Non
     tjd, tokenizer = TJDModel.from_base(model, dtype=dtype or "float32", model_head="stp", train_mode="head")
     settings = {"model": model, "model_head": "stp", "horizon": 1, "rank": 1}
     return tjd.eval(), tokenizer, {"checkpoint": None, "model": settings}, {}
+
+
+def report(payload: dict, table: str, out: Path, interrupted: bool, keep_previous_file: bool = False) -> None:
+    """Print ``table``, then write ``payload`` to ``out`` (after moving an earlier file aside when
+    ``keep_previous_file``); after a Ctrl-C, say what was kept and raise KeyboardInterrupt again."""
+    print(table)
+    kept = keep_previous(out) if keep_previous_file else None
+    write_json(out, {**payload, "interrupted": interrupted})
+    if kept is not None:
+        print(f"earlier results moved to {kept}")
+    if interrupted:
+        print(f"interrupted: results of the {payload['num_prompts']} prompts finished written to {out}")
+        raise KeyboardInterrupt
+    print(f"results written to {out}")
 
 
 def parse_call(function: Callable, args: list[str], prog: str, description: str) -> Any:

@@ -7,15 +7,18 @@ import logging
 from functools import partial
 from pathlib import Path
 
-from tjdnet.commands.options import DataChoice, DecodingOptions, load_for_decoding, parse_call
+from tjdnet.commands.options import DataChoice, DecodingOptions, load_for_decoding, parse_call, report
 from tjdnet.data import DATASETS, load_examples
 from tjdnet.decoding import NAMED_MODES
-from tjdnet.evaluation import format_table, run_modes, summarise
-from tjdnet.files import write_json
+from tjdnet.evaluation import format_table, run_modes
+from tjdnet.files import check_writable
 from tjdnet.machine import machine_info
 
 logger = logging.getLogger(__name__)
 
+RESULTS_FILE = "test_results.json"
+# What a test takes from the training data settings: which data, not how much of it (test the whole split).
+INHERITED_DATA = ("dataset", "path", "source", "seed", "domain_shift")
 TABLE_COLUMNS = ("accuracy", "tau", "acceptance_rate", "tokens_per_s", "speedup_vs_ar", "identical_to_ar")
 
 
@@ -54,52 +57,48 @@ def run_test(
         gen_modes: comma-separated modes: ar, draft, speculative, speculative_tree.
         gen_mode: a single mode (same as ``gen_modes``).
         batch_size: prompts per batch.
-        out: JSON path (default: <run>/test_results.json).
+        out: JSON path (default: <run>/test_results.json, an earlier one kept as test_results.<k>.json).
         merge_lora: fold LoRA adapters into the backbone before decoding.
-        data: which prompts (default: the test split of the checkpoint's dataset).
+        data: which prompts (default: the whole test split of the checkpoint's dataset).
         **options: the fields of :class:`~tjdnet.commands.options.DecodingOptions`.
     """
     decoding = DecodingOptions(**options)
     modes = parse_gen_modes(gen_mode or gen_modes)
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} is not allowed; use an integer >= 1")
-    decoding.apply_threads()
     ckpt_path = Path(ckpt_path)
+    out_path = check_writable(out if out is not None else ckpt_path.parent / RESULTS_FILE)
+    decoding.apply_threads()
     model, tokenizer, description, trained_data = load_for_decoding(str(ckpt_path), None, decoding.dtype, merge_lora)
     chosen = vars(data) if isinstance(data, DataChoice) else dict(data or {})
-    data = {**trained_data, **{k: v for k, v in chosen.items() if v is not None}}
+    inherited = {k: v for k, v in trained_data.items() if k in INHERITED_DATA}
+    data = {**inherited, **{k: v for k, v in chosen.items() if v is not None}}
     dataset = data.get("source") if data.get("dataset") == "selfdistill" else data.get("dataset", "stemp")
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
     split = test_split(dataset)
-    examples = load_examples(
-        dataset,
-        split,
-        data.get("path"),
-        data.get("max_num_samples"),
-        data.get("seed", 0),
-        data.get("domain_shift", "in"),
-    )
+    path, shift = data.get("path"), data.get("domain_shift", "in")
+    examples = load_examples(dataset, split, path, data.get("max_num_samples"), data.get("seed", 0), shift)
+    if not examples:
+        raise ValueError(f"the {dataset} {split} split has no examples to test" + (f" in {path}" if path else ""))
     generate = partial(model.generate, eos_token_id=tokenizer.eos_token_id)
     generators = {mode: partial(generate, **decoding.generate_kwargs(mode)) for mode in modes}
     logger.info("testing %s on %d %s/%s prompts with %s", ckpt_path, len(examples), dataset, split, ", ".join(modes))
-    runs = run_modes(generators, model.backbone, tokenizer, examples, batch_size, scored=DATASETS[dataset].scored)
-    summaries = summarise(runs, num_prompts=len(examples))
+    evaluation = run_modes(generators, model.backbone, tokenizer, examples, batch_size, scored=DATASETS[dataset].scored)
+    summaries = evaluation.summaries()
     payload = {
         **description,
         "dataset": dataset,
         "split": split,
-        "num_prompts": len(examples),
+        "num_prompts": evaluation.num_prompts,
         "args": {"gen_modes": modes, "batch_size": batch_size, **vars(decoding), "data": data},
         "parameters": model.parameter_report(),
         "machine": machine_info(),
         "results": summaries,
-        "samples": {mode: runs[0][mode].texts[:3] for mode in modes},
+        "samples": {mode: evaluation.runs[0][mode].texts[:3] for mode in modes},
     }
-    out = Path(out) if out is not None else ckpt_path.parent / "test_results.json"
-    write_json(out, payload)
-    print(format_table(summaries, TABLE_COLUMNS))
-    print(f"results written to {out}")
+    table = format_table(summaries, TABLE_COLUMNS)
+    report(payload, table, out_path, evaluation.interrupted, keep_previous_file=out is None)
     return payload
 
 

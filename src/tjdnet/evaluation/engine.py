@@ -109,6 +109,19 @@ def timed_call(generate: Generator, counter: ForwardCounter, input_ids, attentio
     return out
 
 
+@dataclass
+class Evaluation:
+    """What :func:`run_modes` measured: one {mode: ModeResult} per finished repeat, over the first
+    ``num_prompts`` prompts (all of them unless ``interrupted`` by Ctrl-C during the first repeat)."""
+
+    runs: list[dict[str, ModeResult]]
+    num_prompts: int
+    interrupted: bool = False
+
+    def summaries(self) -> dict[str, dict]:
+        return summarise(self.runs, self.num_prompts)
+
+
 def run_modes(
     generators: dict[str, Generator],
     backbone: torch.nn.Module,
@@ -119,18 +132,21 @@ def run_modes(
     warmup: int = 1,
     scored: bool = True,
     device: str = "cpu",
-) -> list[dict[str, ModeResult]]:
+) -> Evaluation:
     """Run named generators (``(input_ids, attention_mask) -> GenerationOutput``) sharing ``backbone`` on every
-    prompt batch, ``repeats`` times (see the module docstring); one {mode: ModeResult} per repeat.
+    prompt batch, ``repeats`` times (see the module docstring).
 
-    Answers are decoded and, with ``scored``, compared with the examples' answers in the first repeat only.
+    Answers are decoded and, with ``scored``, compared with the examples' answers in the first repeat only. A
+    batch counts once every mode has run it, so Ctrl-C (KeyboardInterrupt) ends the evaluation with what all
+    modes finished: the batches done in the first repeat, or the repeats done after it.
     """
     modes = list(generators)
     batches = list(prompt_batches(tokenizer, examples, batch_size, device))
     runs = [{m: ModeResult(m) for m in modes} for _ in range(repeats)]
     if not batches:
-        return runs
+        return Evaluation(runs, 0)
     counter = ForwardCounter(backbone)
+    done, finished = 0, 0
     try:
         _, ids, mask = batches[0]
         for _ in range(warmup):
@@ -140,17 +156,22 @@ def run_modes(
             order = modes[k % len(modes) :] + modes[: k % len(modes)]
             done = 0
             for chunk, ids, mask in batches:
-                for mode in order:
-                    out = timed_call(generators[mode], counter, ids, mask)
+                outs = {mode: timed_call(generators[mode], counter, ids, mask) for mode in order}
+                for mode, out in outs.items():
                     _record(results[mode], out, chunk, tokenizer, scored, first=k == 0)
                 done += len(chunk)
                 logger.info("repeat %d/%d: %d/%d prompts", k + 1, repeats, done, len(examples))
+            finished += 1
+    except KeyboardInterrupt:
+        logger.warning("interrupted: keeping %s", f"{done} prompts" if finished == 0 else f"{finished} repeats")
+        kept = runs[:1] if finished == 0 else runs[:finished]
+        return Evaluation(kept, done if finished == 0 else len(examples), interrupted=True)
     finally:
         counter.remove()
     for mode in modes:
         if any(r[mode].outputs != runs[0][mode].outputs for r in runs[1:]):
             logger.warning("%s produced different tokens in different repeats", mode)
-    return runs
+    return Evaluation(runs, len(examples))
 
 
 def _record(result: ModeResult, out: GenerationOutput, chunk, tokenizer, scored: bool, first: bool) -> None:

@@ -1,4 +1,4 @@
-"""A tiny trained checkpoint (cp head, H = 3) made by the real ``tjdnet fit``, shared by the bench tests."""
+"""A tiny trained checkpoint (cp head, H = 3) made by the real ``tjdnet fit``, shared by the tests of the commands."""
 
 import pytest
 import torch
