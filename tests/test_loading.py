@@ -148,3 +148,30 @@ def test_tokenizers_pad_on_the_left_for_generation(tiny_lm_dir):
     assert tokenizer.padding_side == "left" and tokenizer.pad_token is not None
     batch = tokenizer(["a b c d e", "a"], padding=True)
     assert batch["attention_mask"][1][0] == 0 and batch["attention_mask"][1][-1] == 1
+
+
+def test_a_damaged_converted_model_is_converted_again(monkeypatch, tmp_path, tiny_lm_dir):
+    import shutil
+
+    monkeypatch.setenv("TJDNET_CACHE_DIR", str(tmp_path))
+    calls: list = []
+    monkeypatch.setattr(loading, "_convert_gguf", _fake_convert(calls))  # a "complete" cache whose config is {}
+    embedded_model_dir("smollm2-135m")
+
+    def convert_tiny(gguf_path, out_dir):
+        calls.append(out_dir)
+        shutil.copytree(tiny_lm_dir, out_dir, dirs_exist_ok=True)
+        (out_dir / loading._COMPLETE_MARKER).write_text("{}")
+
+    monkeypatch.setattr(loading, "_convert_gguf", convert_tiny)
+    model, _ = load_causal_lm("smollm2-135m")
+    tiny = load_causal_lm(tiny_lm_dir)[0]
+    assert len(calls) == 2 and model.config.model_type == tiny.config.model_type
+    assert model.num_parameters() == tiny.num_parameters()
+
+
+def test_a_damaged_local_model_is_a_one_line_error(tmp_path):
+    (tmp_path / "config.json").write_text("{")
+    with pytest.raises(ValueError, match="cannot be loaded from") as error:
+        load_causal_lm(str(tmp_path))
+    assert "\n" not in str(error.value)

@@ -134,6 +134,16 @@ def test_truncated_checkpoint_gives_clear_error(tiny_lm_dir, tmp_path):
         TJDModel.from_pretrained(tmp_path / "c")
 
 
+def test_corrupt_saved_config_gives_clear_error(tiny_lm_dir, tmp_path):
+    from tjdnet.loading import load_causal_lm
+
+    lm, _ = load_causal_lm(tiny_lm_dir)
+    TJDModel(lm, head_only_config(model=tiny_lm_dir, horizon=2)).save_pretrained(tmp_path / "c")
+    (tmp_path / "c" / "tjdnet_config.json").write_text('{"model": ')
+    with pytest.raises(ValueError, match="tjdnet_config.json is not valid JSON"):
+        TJDModel.from_pretrained(tmp_path / "c")
+
+
 def test_next_token_head_matches_plain_model():
     model = build("gpt2")
     ids = torch.randint(0, TINY_VOCAB, (2, 7))

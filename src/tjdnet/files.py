@@ -62,6 +62,15 @@ def stale_temporaries(path: str | Path) -> list[Path]:
     return sorted(path.parent.glob(f".{path.name}.*{TMP_SUFFIX}"))
 
 
+def read_json(path: str | Path) -> Any:
+    """The JSON value in ``path``; ValueError naming the file when it is not valid JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error})") from None
+
+
 def write_json(path: str | Path, payload: Any) -> None:
     """Write ``payload`` as JSON (non-JSON values as ``str``), atomically."""
     with atomic_file(path) as f:

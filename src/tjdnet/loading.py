@@ -209,9 +209,19 @@ def load_causal_lm(
     path = resolve_model_path(name_or_path)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except OSError as err:
+    except Exception as err:  # a damaged weights or config file raises many different types
         logger.debug("loading model %r failed: %s", path, err)
-        raise _not_found(name_or_path, "was not found locally and could not be downloaded") from None
+        if not Path(path).is_dir() and isinstance(err, OSError):
+            raise _not_found(name_or_path, "was not found locally and could not be downloaded") from None
+        if name_or_path not in EMBEDDED_MODELS:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise ValueError(
+                f"model {name_or_path!r} cannot be loaded from {path} ({type(err).__name__}: {reason})"
+            ) from None
+        logger.warning("the converted %s in %s is damaged (%s); converting it again", name_or_path, path, err)
+        (Path(path) / _COMPLETE_MARKER).unlink(missing_ok=True)  # so embedded_model_dir converts it again
+        path = str(embedded_model_dir(name_or_path))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return model.to(device).eval(), _load_tokenizer_from(path, name_or_path)
 
 

@@ -25,7 +25,7 @@ from transformers.pytorch_utils import Conv1D
 
 from tjdnet.config import TJDConfig
 from tjdnet.decoding import generate
-from tjdnet.files import atomic_directory
+from tjdnet.files import atomic_directory, read_json
 from tjdnet.heads import HeadConfig, JointHead, make_head
 from tjdnet.kernels import cpu_kernels
 from tjdnet.loading import load_causal_lm
@@ -326,7 +326,7 @@ class TJDModel(nn.Module):
         config_path = directory / CONFIG_FILE
         if not config_path.is_file():
             raise FileNotFoundError(f"{directory} is not a saved TJDModel: {CONFIG_FILE} is missing")
-        config = TJDConfig.from_json(json.loads(config_path.read_text()))
+        config = TJDConfig.from_json(read_json(config_path))
         lm, tokenizer = load_causal_lm(config.model, dtype=dtype, device=device)
         model = cls(lm, config).to(device)
         model.load_weights(directory)
@@ -337,7 +337,7 @@ class TJDModel(nn.Module):
         directory = Path(directory)
         self.head.load_state_dict(_load(directory / HEAD_WEIGHTS))
         vocab_file = directory / DRAFT_VOCAB_FILE
-        self.head.set_draft_vocab(json.loads(vocab_file.read_text())["ids"] if vocab_file.is_file() else None)
+        self.head.set_draft_vocab(read_json(vocab_file)["ids"] if vocab_file.is_file() else None)
         expected = self.trainable_state_dict()
         if expected:
             weights = _load(directory / BACKBONE_WEIGHTS)

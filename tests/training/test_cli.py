@@ -68,8 +68,13 @@ def test_fit_resume_test_generate(model_dir, experiments, capsys):
     # Same arguments, one more epoch: resumes from last.ckpt and the step counter continues.
     longer = list(args)
     longer[longer.index("--trainer.max_epochs") + 1] = "2"
+    stale = run_dir / ".last.ckpt.killed.tmp"  # what a save killed with -9 leaves
+    stale.write_bytes(b"partial")
     assert run(longer, capsys)[0] == 0
     assert global_step(run_dir / "last.ckpt") == 4
+    assert not stale.exists()
+    # The first run's metrics are kept; the resumed run logs beside them.
+    assert (run_dir / "logs" / "metrics.csv").is_file() and (run_dir / "logs-1" / "metrics.csv").is_file()
 
     code, out, err = run(
         ["test", "--ckpt_path", str(run_dir / "best.ckpt"), "--gen_modes", "ar,speculative,draft,speculative_tree",
@@ -101,6 +106,18 @@ def test_fit_resume_test_generate(model_dir, experiments, capsys):
         ["generate", "--ckpt_path", str(run_dir / "best.ckpt"), "--prompt", "x", "--attention", "fast"], capsys
     )
     assert code == 2 and "attention='fast' is not allowed; use one of auto, exact, model" in last_line(err)
+
+
+def test_a_run_name_holding_other_settings_is_refused(model_dir, experiments, capsys):
+    args = ["fit", "--model.model", model_dir, *FIT, "--run_name", "c"]
+    assert run(args, capsys)[0] == 0
+    last = experiments / "c" / "last.ckpt"
+    before = last.read_bytes()
+    for flag, value in (("--model.lr", "0.01"), ("--data.max_num_samples", "8"), ("--model.rank", "3")):
+        changed = [*args, flag, value]
+        code, _, err = run(changed, capsys)
+        assert code == 2 and f"holds a run with {flag}" in last_line(err), err
+    assert last.read_bytes() == before  # nothing overwritten
 
 
 def test_truncated_checkpoint_is_a_clear_error(model_dir, experiments, capsys):

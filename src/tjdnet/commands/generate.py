@@ -41,6 +41,10 @@ def run_generate(
         **options: the fields of :class:`~tjdnet.commands.options.DecodingOptions`.
     """
     decoding = DecodingOptions(**options)
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("the prompt is not valid UTF-8 text") from None
     if ckpt_path is not None and model is not None:
         raise ValueError("give --ckpt_path (a trained checkpoint) or --model (a base model), not both")
     kwargs = decoding.generate_kwargs(gen_mode)

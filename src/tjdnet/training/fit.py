@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from tjdnet.checkpoints import checkpoint_settings, load_checkpoint_file
 from tjdnet.commands.test import run_test
 from tjdnet.kernels import cpu_kernels
 from tjdnet.runs import experiments_dir, run_name
@@ -47,6 +48,9 @@ class TJDCLI(LightningCLI):
             )
         name = config.run_name or run_name(asdict(settings), _plain(config.data))
         self.run_dir = experiments_dir() / name
+        last = self.run_dir / "last.ckpt"
+        if config.ckpt_path is None and last.is_file():
+            check_same_run(last, asdict(settings), _plain(config.data))
 
     def instantiate_trainer(self, **kwargs: Any):
         trainer_config = self.config_init.get("trainer", {})
@@ -66,12 +70,39 @@ class TJDCLI(LightningCLI):
         kwargs["callbacks"] = callbacks
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = [
-                CSVLogger(self.run_dir, name="", version="logs"),
+                CSVLogger(self.run_dir, name="", version=_unused_log_dir(self.run_dir)),
                 TensorBoardLogger(self.run_dir, name="", version="logs"),
             ]
         kwargs["plugins"] = [*(trainer_config.get("plugins") or []), AtomicCheckpointIO()]
         kwargs.setdefault("default_root_dir", str(self.run_dir))
         return super().instantiate_trainer(**kwargs)
+
+
+# Data settings that change how a run loads its data, not what it learns from.
+UNCOMPARED_DATA = ("num_workers", "tokenizer")
+
+
+def check_same_run(last: Path, model: dict, data: dict) -> None:
+    """Resuming ``last`` must continue the same run: ValueError naming the first setting that differs (only
+    ``--trainer.*`` settings, such as more epochs, may change)."""
+    checkpoint = load_checkpoint_file(last)
+    saved = {"model": checkpoint_settings(checkpoint, last), "data": checkpoint.get("datamodule_hyper_parameters", {})}
+    for group, now in (("model", model), ("data", data)):
+        for key in sorted(set(now) & set(saved[group]) - set(UNCOMPARED_DATA)):
+            if saved[group][key] != now[key]:
+                raise ValueError(
+                    f"{last.parent} holds a run with --{group}.{key} {saved[group][key]!r}, not {now[key]!r}; "
+                    "give another --run_name (or remove that directory) to start a new run"
+                )
+
+
+def _unused_log_dir(run_dir: Path) -> str:
+    """``logs`` or, when a resumed run already wrote metrics there, ``logs-<k>``: Lightning's CSV logger would
+    delete the earlier history."""
+    name, k = "logs", 1
+    while (run_dir / name / "metrics.csv").exists():
+        name, k = f"logs-{k}", k + 1
+    return name
 
 
 def _plain(namespace) -> dict:
