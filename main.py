@@ -1,4 +1,4 @@
-"""`python main.py fit|test|generate|bench|bench-heads ...` — the same as the `tjdnet` command."""
+"""`python main.py fit|test|generate|bench|bench-heads|bench-plot ...` — the same as the `tjdnet` command."""
 
 from tjdnet.cli import main
 

@@ -237,8 +237,8 @@ class TJDModel(nn.Module):
             keep &= (positions % horizon == phase)[None]
         h, y, first = hidden[keep], targets[keep], next_tokens(input_ids)[keep]  # (N, D), (N, H), (N,)
         n_tokens = int((y != IGNORE_INDEX).sum())
-        # A head that drafts from a subset of the vocabulary learns the distribution it will draft from, at S/V
-        # of the cost (`full` mode trains the output embedding itself, which the subset's copy would not).
+        # A head that drafts from a subset of the vocabulary learns the distribution it will draft from, at S/V of
+        # the cost; `full` mode keeps the loss over the whole vocabulary.
         in_draft_vocab = self.head.draft_vocab is not None and self.config.train_mode != "full"
         head_nll = -self.head.log_prob(h, y, first, draft=in_draft_vocab).sum() / max(n_tokens, 1)
         loss, lm_nll = head_nll, None

@@ -22,3 +22,21 @@ def test_bad_generate_arguments(kwargs, match, monkeypatch):
     monkeypatch.setattr("tjdnet.commands.generate.load_for_decoding", never)
     with pytest.raises(ValueError, match=match):
         run_generate(**{"prompt": "hi", **kwargs})
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["generate", "--prompt", "hi", "--max_new_tokens", "abc"], "--max_new_tokens: expected int, got 'abc'"),
+        (["test", "--ckpt_path", "x", "--batch_size", "1.5"], "--batch_size: expected int, got '1.5'"),
+        (["bench", "--model", "m", "--bogus", "1"], "unrecognized arguments: --bogus 1"),
+    ],
+)
+def test_malformed_options_are_one_line_errors(args, message, capsys):
+    from tjdnet.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"tjdnet: error: {message}"

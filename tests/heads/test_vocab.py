@@ -142,5 +142,5 @@ def test_the_training_loss_of_a_head_with_a_draft_vocab_is_taken_in_it():
         torch.testing.assert_close(model(ids).head_nll, full)
         model.head.set_draft_vocab(SUBSET)  # renormalised over fewer tokens, outside targets dropped: lower
         assert model(ids).head_nll < full - 0.1
-        model.config.train_mode = "full"  # trains the output embedding: the loss stays over all of it
+        model.config.train_mode = "full"  # full fine-tuning keeps the loss over the whole vocabulary
         torch.testing.assert_close(model(ids).head_nll, full)

@@ -82,7 +82,7 @@ def run_bench(
         warmup: untimed runs of every mode on the first batch.
         seed: seed of the prompt sample and of torch.
         out: JSON path (default: bench_results.json, an earlier one kept as bench_results.<k>.json).
-        data: which prompts (default: stemp's test split).
+        data: which prompts (default: the test split of the checkpoint's dataset; stemp for a base model).
         **options: the fields of :class:`~tjdnet.commands.options.DecodingOptions`.
     """
     decoding = DecodingOptions(**options)
@@ -93,15 +93,17 @@ def run_bench(
     choice = vars(data) if isinstance(data, DataChoice) else dict(data or {})
     if choice.get("max_num_samples") is not None:
         raise ValueError("bench takes --num_prompts, not --data.max_num_samples")
-    dataset = choice.get("dataset") or "stemp"
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
+    if choice.get("dataset") is not None and choice["dataset"] not in DATASETS:
+        raise ValueError(f"unknown dataset {choice['dataset']!r}; allowed: {', '.join(DATASETS)}")
     out_path = check_writable(out if out is not None else RESULTS_FILE)
     decoding.apply_threads()
     torch.manual_seed(seed)
+    tjd, tokenizer, description, trained = load_for_decoding(ckpt_path, model, decoding.dtype)
+    trained_dataset = trained.get("source") if trained.get("dataset") == "selfdistill" else trained.get("dataset")
+    dataset = choice.get("dataset") or (trained_dataset if trained_dataset in DATASETS else "stemp")
+    path = choice.get("path") or (trained.get("path") if dataset == trained_dataset else None)
     split = test_split(dataset)
-    examples = load_examples(dataset, split, choice.get("path"), num_prompts, seed, choice.get("domain_shift") or "in")
-    tjd, tokenizer, description, _ = load_for_decoding(ckpt_path, model, decoding.dtype)
+    examples = load_examples(dataset, split, path, num_prompts, seed, choice.get("domain_shift") or "in")
     skipped = {}
     if "prompt_lookup" in modes and batch_size > 1:
         skipped["prompt_lookup"] = (
@@ -135,7 +137,7 @@ def run_bench(
             "seed": seed,
             "out": str(out_path),
             **vars(decoding),
-            "data": {**choice, "dataset": dataset},
+            "data": {**choice, "dataset": dataset, "path": path},
         },
         "dtype": str(tjd.lm.dtype).removeprefix("torch."),
         # our modes' attention (tjdnet.attention; transformers' generate keeps the model's own kernel)

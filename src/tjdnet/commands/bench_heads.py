@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-from jsonargparse import ArgumentParser
 from torch import nn
 
+from tjdnet.commands.options import parse_call
 from tjdnet.files import write_json
 from tjdnet.heads import HEADS, HeadConfig, make_head, validate_head_config
 from tjdnet.heads.base import DEFAULT_LOSS_CHUNK_ELEMENTS
@@ -192,11 +192,23 @@ def run_bench_heads(
     out: str | Path = "heads.json",
     isolate: bool = True,
 ) -> dict:
-    """Measure every configuration (and the chunking comparison); returns the JSON payload.
+    """Measure every configuration (and the chunking comparison); returns the JSON payload (also written to ``out``).
 
     Args:
-        chunking: configurations measured twice, with the default ``loss_chunk_elements`` and with every
-            logit materialised (``""`` for none).
+        heads: comma-separated heads (multihead, cp, mps).
+        ranks: comma-separated ranks (multihead is measured at rank 1 only).
+        horizons: comma-separated horizons.
+        vocab: vocabulary size V of the random output embedding.
+        hidden: hidden size D of the backbone.
+        hidden_dim: width of each component's adapter.
+        batch: sequences per loss pass.
+        seq_len: positions per sequence (N = batch x seq_len).
+        iters: loss passes per configuration (time: the median of passes 2..).
+        chunking: head:rank:horizon configurations measured twice, with the default ``loss_chunk_elements`` and
+            with every logit materialised (``""`` for none).
+        backbone_params: parameters of the backbone the heads are compared with (default: SmolLM2-135M).
+        num_threads: torch CPU threads (default: torch's choice).
+        out: JSON path.
         isolate: one child process per configuration (the memory figures need it; tests may skip it).
     """
     args = dict(locals())
@@ -274,24 +286,7 @@ def format_heads_table(payload: dict) -> str:
 
 
 def run_bench_heads_cli(args: list[str]) -> dict:
-    parser = ArgumentParser(
-        prog="tjdnet.commands.bench_heads", description="Parameters, loss memory and time of the heads."
-    )
-    parser.add_argument("--heads", type=str, default="multihead,cp,mps")
-    parser.add_argument("--ranks", type=str, default="1,2,4,8,16")
-    parser.add_argument("--horizons", type=str, default="2,4,8")
-    parser.add_argument("--vocab", type=int, default=49152)
-    parser.add_argument("--hidden", type=int, default=576)
-    parser.add_argument("--hidden_dim", type=int, default=64, help="width of each component's adapter")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq_len", type=int, default=128)
-    parser.add_argument("--iters", type=int, default=2, help="loss passes per configuration (time: median of 2..)")
-    parser.add_argument("--chunking", type=str, default="cp:1:2,cp:2:2,mps:2:2", help="head:rank:horizon,...")
-    parser.add_argument("--backbone_params", type=int, default=SMOLLM2_135M_PARAMETERS)
-    parser.add_argument("--num_threads", type=int | None, default=None)
-    parser.add_argument("--out", type=str, default="heads.json")
-    cfg = parser.parse_args(args)
-    return run_bench_heads(**vars(cfg))
+    return parse_call(run_bench_heads, args, "tjdnet bench-heads", "Parameters, loss memory and time of the heads.")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ the model to decode with, and turning a command function's signature into its co
 
 from __future__ import annotations
 
+import re
+from argparse import ArgumentError
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,7 @@ class DecodingOptions:
 
     Attributes:
         max_new_tokens: most tokens generated per prompt.
-        dtype: ``float32`` or ``bfloat16`` weights (default: as trained; float32 for a base model).
+        dtype: ``float32``, ``bfloat16`` or ``float16`` weights (default: as trained; float32 for a base model).
         horizon: block length (default: the head's).
         tree_nodes: draft tree size of ``speculative_tree``.
         tree_topk: prefixes expanded per tree depth.
@@ -73,7 +75,8 @@ class DataChoice:
     """Which prompts to answer.
 
     Attributes:
-        dataset: ``stemp``, ``gsm8k``, ``jsonl``, ``sharegpt`` or ``mt_bench``.
+        dataset: ``stemp``, ``gsm8k``, ``jsonl``, ``sharegpt`` or ``mt_bench`` (a ``selfdistill`` checkpoint is
+            tested on its source dataset).
         path: file or directory of the data.
         max_num_samples: prompts to use (default: the whole split).
         domain_shift: stemp's test shift: ``in``, ``mild`` or ``hard``.
@@ -116,7 +119,23 @@ def report(payload: dict, table: str, out: Path, interrupted: bool, keep_previou
 def parse_call(function: Callable, args: list[str], prog: str, description: str) -> Any:
     """Call ``function`` with the options in ``args``: its command line is its signature (docstring for the help;
     ``**options`` flags come from the dataclass it passes them to, a dataclass parameter gives ``--<name>.*``)."""
-    parser = ArgumentParser(prog=prog, description=description)
+    parser = ArgumentParser(prog=prog, description=description, exit_on_error=False)
     parser.add_function_arguments(function, as_positional=False)
-    cfg = parser.instantiate_classes(parser.parse_args(args))
+    try:
+        cfg = parser.instantiate_classes(parser.parse_args(args))
+    except ArgumentError as error:
+        raise ValueError(option_error(str(error))) from None
     return function(**vars(cfg))
+
+
+def option_error(message: str) -> str:
+    """jsonargparse's multi-line ``Parser key "x": Expected a <class 'int'>. Got value: abc`` as one line:
+    ``--x: expected int, got 'abc'``."""
+    key = re.match(r'Parser key "([^"]+)":\s*(.*)', message, re.S)
+    if key is None:
+        return message.strip().splitlines()[0] if message.strip() else "bad options"
+    detail = " ".join(key.group(2).split())
+    found = re.match(r"Expected a <class '(\w+)'>\. Got value: (.*)", detail)
+    if found:
+        return f"--{key.group(1)}: expected {found.group(1)}, got {found.group(2)!r}"
+    return f"--{key.group(1)}: {detail}"

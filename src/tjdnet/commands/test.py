@@ -19,7 +19,8 @@ logger = logging.getLogger(__name__)
 RESULTS_FILE = "test_results.json"
 # What a test takes from the training data settings: which data, not how much of it (test the whole split).
 INHERITED_DATA = ("dataset", "path", "source", "seed", "domain_shift")
-TABLE_COLUMNS = ("accuracy", "tau", "acceptance_rate", "tokens_per_s", "speedup_vs_ar", "identical_to_ar")
+# decode-only tokens/s beside the decode-only speedup (docs/metrics.md)
+TABLE_COLUMNS = ("accuracy", "tau", "acceptance_rate", "decode_tokens_per_s", "speedup_vs_ar", "identical_to_ar")
 
 
 def parse_gen_modes(value: str | list[str], allowed: tuple[str, ...] = NAMED_MODES) -> list[str]:
@@ -57,7 +58,8 @@ def run_test(
         gen_modes: comma-separated modes: ar, draft, speculative, speculative_tree.
         gen_mode: a single mode (same as ``gen_modes``).
         batch_size: prompts per batch.
-        out: JSON path (default: <run>/test_results.json, an earlier one kept as test_results.<k>.json).
+        out: JSON path (default: test_results.json in the run or save_pretrained directory; an earlier one is
+            kept as test_results.<k>.json).
         merge_lora: fold LoRA adapters into the backbone before decoding.
         data: which prompts (default: the whole test split of the checkpoint's dataset).
         **options: the fields of :class:`~tjdnet.commands.options.DecodingOptions`.
@@ -67,7 +69,8 @@ def run_test(
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} is not allowed; use an integer >= 1")
     ckpt_path = Path(ckpt_path)
-    out_path = check_writable(out if out is not None else ckpt_path.parent / RESULTS_FILE)
+    run_dir = ckpt_path if ckpt_path.is_dir() else ckpt_path.parent  # a save_pretrained directory or a run's
+    out_path = check_writable(out if out is not None else run_dir / RESULTS_FILE)
     decoding.apply_threads()
     model, tokenizer, description, trained_data = load_for_decoding(str(ckpt_path), None, decoding.dtype, merge_lora)
     chosen = vars(data) if isinstance(data, DataChoice) else dict(data or {})

@@ -242,8 +242,8 @@ class JointHead(nn.Module):
         """Log emission probability of each target under each component, memory-bounded.
 
         Vocabulary logits are produced chunk by chunk, so at most ``loss_chunk_elements`` of them are alive
-        at once, in the forward and the backward pass. With a frozen ``nn.Linear`` output embedding (every
-        train mode but ``full``) the gradient is taken in the forward pass (:func:`target_log_probs`);
+        at once, in the forward and the backward pass. With a frozen ``nn.Linear`` output embedding (as TJDModel
+        keeps it in every train mode) the gradient is taken in the forward pass (:func:`target_log_probs`);
         otherwise each chunk runs under activation checkpointing.
 
         Args:
@@ -255,7 +255,7 @@ class JointHead(nn.Module):
         """
         draft = draft and self.draft_vocab is not None
         if draft and torch.is_grad_enabled() and any(p.requires_grad for p in self.unembedding.parameters()):
-            raise ValueError("a loss in the draft vocabulary needs a frozen output embedding (not train_mode=full)")
+            raise ValueError("a loss in the draft vocabulary needs a frozen output embedding")
         layer = self.draft_unembedding() if draft else self.unembedding
         n, n_comp = h.shape[0], self.rank * self.horizon
         vocab = self.draft_vocab.size if draft else self.config.vocab_size
