@@ -117,7 +117,8 @@ def test_save_load_round_trip(tiny_lm_dir, tmp_path, train_mode, token_condition
         torch.testing.assert_close(h1, h2, rtol=0, atol=0)
         torch.testing.assert_close(model.head.log_prob(h1, y), loaded.head.log_prob(h2, y), rtol=0, atol=0)
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == sorted(
-        ["tjdnet_config.json", "head.safetensors"] + ([] if train_mode == "head" else ["backbone.safetensors"])
+        ["tjdnet_config.json", "base_model.json", "head.safetensors"]
+        + ([] if train_mode == "head" else ["backbone.safetensors"])
     )
 
 

@@ -10,10 +10,12 @@ from typing import Any
 import torch
 
 from tjdnet.config import TJDConfig
+from tjdnet.fingerprint import check_base
 from tjdnet.loading import load_causal_lm
 from tjdnet.model import CONFIG_FILE, TJDModel
 
 STATE_PREFIX = "model."  # the Lightning module holds the TJDModel as ``model``
+BASE_KEY = "base_model"  # the fingerprint of the base model (tjdnet.fingerprint)
 
 
 @dataclass
@@ -50,8 +52,12 @@ def checkpoint_settings(checkpoint: dict, path: str | Path) -> dict[str, Any]:
     return {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
 
 
-def restore_trained_weights(model: TJDModel, checkpoint: dict, prefix: str = STATE_PREFIX) -> None:
-    """Load a fit checkpoint's trained weights (head, LoRA / backbone) and draft vocabulary into ``model``."""
+def restore_trained_weights(
+    model: TJDModel, checkpoint: dict, prefix: str = STATE_PREFIX, source: str = "the checkpoint"
+) -> None:
+    """Load a fit checkpoint's trained weights (head, LoRA / backbone) and draft vocabulary into ``model``, after
+    checking that ``model`` is built on the base model they were trained on."""
+    check_base(checkpoint.get(BASE_KEY), model.base_fingerprint, source)
     state = {k.removeprefix(prefix): v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     missing = model.trained_keys() - set(state)
     if missing:
@@ -79,6 +85,6 @@ def load_trained(path: str | Path, dtype: str | None = None, device: str = "cpu"
     config = TJDConfig.from_settings(settings)
     lm, tokenizer = load_causal_lm(config.model, dtype=settings.get("dtype", "float32"), device=device)
     model = TJDModel(lm, config)
-    restore_trained_weights(model, checkpoint)
+    restore_trained_weights(model, checkpoint, source=f"checkpoint {path}")
     data = dict(checkpoint.get("datamodule_hyper_parameters", {}))
     return Trained(model.to(device).eval(), tokenizer, settings, data)

@@ -26,6 +26,7 @@ from transformers.pytorch_utils import Conv1D
 from tjdnet.config import TJDConfig
 from tjdnet.decoding import generate
 from tjdnet.files import atomic_directory, read_json
+from tjdnet.fingerprint import base_fingerprint, check_base
 from tjdnet.heads import HeadConfig, JointHead, make_head
 from tjdnet.kernels import cpu_kernels
 from tjdnet.loading import load_causal_lm
@@ -37,6 +38,7 @@ CONFIG_FILE = "tjdnet_config.json"
 HEAD_WEIGHTS = "head.safetensors"
 BACKBONE_WEIGHTS = "backbone.safetensors"
 DRAFT_VOCAB_FILE = "draft_vocab.json"
+BASE_FILE = "base_model.json"  # the fingerprint of the base model the head was trained on
 
 
 @dataclass
@@ -121,6 +123,7 @@ class TJDModel(nn.Module):
         head = make_head(self.head_config, unembedding, lm.get_input_embeddings())
         self.head: JointHead = head.to(unembedding.weight.dtype)
         self.next_token = make_head(HeadConfig("stp", hidden_size, vocab_size), unembedding)
+        self.base_fingerprint = base_fingerprint(lm, config.model)  # before any adapter or training changes lm
         self._configure_training(config)
 
     # ----- construction -------------------------------------------------------------------------------
@@ -310,6 +313,7 @@ class TJDModel(nn.Module):
         """Write config JSON + safetensors (head and trainable backbone weights) atomically."""
         with atomic_directory(directory) as tmp:
             (tmp / CONFIG_FILE).write_text(json.dumps(self.config.to_json(), indent=2))
+            (tmp / BASE_FILE).write_text(json.dumps(self.base_fingerprint, indent=2))
             save_file(_contiguous(self.head.state_dict()), tmp / HEAD_WEIGHTS)
             backbone = self.trainable_state_dict()
             if backbone:
@@ -329,6 +333,8 @@ class TJDModel(nn.Module):
         config = TJDConfig.from_json(read_json(config_path))
         lm, tokenizer = load_causal_lm(config.model, dtype=dtype, device=device)
         model = cls(lm, config).to(device)
+        base_file = directory / BASE_FILE
+        check_base(read_json(base_file) if base_file.is_file() else None, model.base_fingerprint, str(directory))
         model.load_weights(directory)
         return model, tokenizer
 

@@ -217,3 +217,13 @@ def test_fit_with_a_draft_vocab_saves_it_and_decodes_losslessly_from_it(model_di
     assert run(test, capsys)[0] == 0
     results = json.loads((experiments / "dv" / "test_results.json").read_text())["results"]
     assert results["speculative"]["identical_to_ar"] == 1.0 and results["speculative_tree"]["identical_to_ar"] == 1.0
+
+
+def test_a_checkpoint_refuses_a_base_model_that_changed(experiments, tmp_path, capsys):
+    base = save_tiny_model_dir("llama", tmp_path / "base")
+    assert run(["fit", "--model.model", base, *FIT, "--run_name", "fp"], capsys)[0] == 0
+    ckpt = experiments / "fp" / "best.ckpt"
+    assert torch.load(ckpt, weights_only=False)["base_model"]["model"] == base
+    save_tiny_model_dir("gpt2", tmp_path / "base")  # another architecture at the same path
+    code, _, err = run(["test", "--ckpt_path", str(ckpt), "--data.max_num_samples", "1"], capsys)
+    assert code == 2 and "was trained on" in last_line(err) and "not on this" in last_line(err)

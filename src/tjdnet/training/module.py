@@ -9,7 +9,7 @@ from functools import partial
 import lightning as L
 import torch
 
-from tjdnet.checkpoints import STATE_PREFIX, restore_trained_weights
+from tjdnet.checkpoints import BASE_KEY, STATE_PREFIX, restore_trained_weights
 from tjdnet.config import TJDConfig
 from tjdnet.data import answer_tokens
 from tjdnet.heads.vocab import check_draft_vocab_size, frequent_tokens
@@ -105,6 +105,7 @@ class TJDLitModule(L.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         vocab = self.model.head.draft_vocab
         checkpoint["draft_vocab"] = None if vocab is None else vocab.ids.tolist()
+        checkpoint[BASE_KEY] = self.model.base_fingerprint
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         restore_trained_weights(self.model, checkpoint)
