@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 BENCH_MODES = (*NAMED_MODES, *HF_MODES)
 RESULTS_FILE = "bench_results.json"
+DEFAULT_MODES = "ar,hf_generate,speculative,speculative_tree"
+DEFAULT_BASE_MODES = "ar,hf_generate"
 HEAD_MODES = ("draft", "speculative", TREE_MODE)  # need a trained joint head
 TABLE_COLUMNS = (
     "tau",
@@ -60,7 +62,7 @@ def _check_counts(**counts: tuple[int, int]) -> None:
 def run_bench(
     ckpt_path: str | None = None,
     model: str | None = None,
-    gen_modes: str = "ar,hf_generate,speculative,speculative_tree",
+    gen_modes: str | None = None,
     num_prompts: int = 20,
     batch_size: int = 1,
     repeats: int = 3,
@@ -75,7 +77,8 @@ def run_bench(
     Args:
         ckpt_path: best.ckpt / last.ckpt of a run, or a save_pretrained directory.
         model: a base model instead of a checkpoint (ar and hf_* modes only).
-        gen_modes: comma-separated modes: ar, draft, speculative, speculative_tree, hf_generate, prompt_lookup.
+        gen_modes: comma-separated modes: ar, draft, speculative, speculative_tree, hf_generate, prompt_lookup
+            (default: ar,hf_generate,speculative,speculative_tree; ar,hf_generate for a base model).
         num_prompts: test prompts to time.
         batch_size: prompts per batch.
         repeats: timed runs of every mode on every prompt.
@@ -88,6 +91,8 @@ def run_bench(
     decoding = DecodingOptions(**options)
     if (ckpt_path is None) == (model is None):
         raise ValueError("give exactly one of --ckpt_path (a trained checkpoint) or --model (a base model)")
+    if gen_modes is None:
+        gen_modes = DEFAULT_MODES if ckpt_path is not None else DEFAULT_BASE_MODES
     modes = parse_bench_modes(gen_modes, has_head=ckpt_path is not None)
     _check_counts(num_prompts=(num_prompts, 1), batch_size=(batch_size, 1), repeats=(repeats, 1), warmup=(warmup, 0))
     choice = vars(data) if isinstance(data, DataChoice) else dict(data or {})

@@ -129,13 +129,13 @@ def parse_call(function: Callable, args: list[str], prog: str, description: str)
 
 
 def option_error(message: str) -> str:
-    """jsonargparse's multi-line ``Parser key "x": Expected a <class 'int'>. Got value: abc`` as one line:
-    ``--x: expected int, got 'abc'``."""
+    """jsonargparse's multi-line ``Parser key "x": ... Expected a <class 'int'> ... Got value: abc`` as one line,
+    ``--x: expected int, got 'abc'``; other parser errors keep their first line."""
     key = re.match(r'Parser key "([^"]+)":\s*(.*)', message, re.S)
     if key is None:
         return message.strip().splitlines()[0] if message.strip() else "bad options"
-    detail = " ".join(key.group(2).split())
-    found = re.match(r"Expected a <class '(\w+)'>\. Got value: (.*)", detail)
-    if found:
-        return f"--{key.group(1)}: expected {found.group(1)}, got {found.group(2)!r}"
-    return f"--{key.group(1)}: {detail}"
+    types = [name for name in re.findall(r"Expected a <class '(\w+)'>", message) if name != "NoneType"]
+    value = re.search(r"(?:Given|Got) value: (.*)", message)
+    if types and value:
+        return f"--{key.group(1)}: expected {' or '.join(dict.fromkeys(types))}, got {value.group(1).strip()!r}"
+    return f"--{key.group(1)}: {' '.join(key.group(2).split())}"

@@ -65,6 +65,7 @@ class TJDDataModule(L.LightningDataModule):
             if getattr(self.hparams, field) < 1:
                 raise ValueError(f"{field}={getattr(self.hparams, field)} is not allowed; use an integer >= 1")
         self.name = name
+        self._examples: tuple[list, list] | None = None
         self.train_rows: list[dict] = []
         self.eval_rows: list[dict] = []
 
@@ -76,14 +77,26 @@ class TJDDataModule(L.LightningDataModule):
         h = self.hparams
         return load_examples(self.name, split, h.path, limit, h.seed, h.domain_shift)
 
+    def examples(self) -> tuple[list, list]:
+        """(training, validation) records, loaded once; ValueError naming the data when either is empty."""
+        if self._examples is None:
+            h = self.hparams
+            train, evaluation = self.records("train", h.max_num_samples), self.records("eval", h.max_eval_samples)
+            where = f"{self.name} data in {h.path}" if h.path else f"the {self.name} dataset"
+            if not train:
+                raise ValueError(f"{where} holds no training examples (JSONL rows need a question and an answer)")
+            if not evaluation:
+                raise ValueError(f"{where} leaves no validation examples; give more examples")
+            self._examples = (train, evaluation)
+        return self._examples
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_rows:
             return
         h = self.hparams
         module = self.trainer.lightning_module if self.trainer is not None else None
         tokenizer = module.tokenizer if module is not None else load_tokenizer(h.tokenizer)
-        train = self.records("train", h.max_num_samples)
-        evaluation = self.records("eval", h.max_eval_samples)
+        train, evaluation = self.examples()
         if h.dataset == SELF_DISTILL:
             if module is None:
                 raise ValueError("selfdistill needs the model: use it through `tjdnet fit`")

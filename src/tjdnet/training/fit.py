@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from argparse import ArgumentError
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,9 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from tjdnet.checkpoints import checkpoint_settings, load_checkpoint_file
+from tjdnet.commands.options import option_error
 from tjdnet.commands.test import run_test
+from tjdnet.files import check_writable
 from tjdnet.kernels import cpu_kernels
 from tjdnet.runs import experiments_dir, run_name
 from tjdnet.training.callbacks import PrintSampleCallback
@@ -48,6 +51,7 @@ class TJDCLI(LightningCLI):
             )
         name = config.run_name or run_name(asdict(settings), _plain(config.data))
         self.run_dir = experiments_dir() / name
+        check_writable(self.run_dir / "last.ckpt")  # before the model loads, not at the first checkpoint
         last = self.run_dir / "last.ckpt"
         if config.ckpt_path is None and last.is_file():
             check_same_run(last, asdict(settings), _plain(config.data))
@@ -109,20 +113,51 @@ def _plain(namespace) -> dict:
     return {k: v for k, v in vars(namespace).items() if k != "tokenizer"}
 
 
+# Lines that say nothing about this run: device availability on CPU, advertisements, dependencies' notices.
+NOISE = ("GPU available:", "TPU available:", "HPU available:", "💡 Tip:", "litlogger", "litmodels")
+NOISY_WARNINGS = (
+    "LightningCLI's args parameter",
+    r"Checkpoint directory .* exists and is not empty",  # the run directory holds the logs before any checkpoint
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    "The number of training batches",
+)
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(noise in message for noise in NOISE)
+
+
+def quiet_lightning() -> None:
+    """Each Lightning message once, through the handlers of the ``tjdnet`` command (Lightning adds its own
+    ``INFO:`` handler too), without the lines in ``NOISE`` and the warnings in ``NOISY_WARNINGS``."""
+    logging.getLogger("lightning").handlers.clear()
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _DropNoise) for f in handler.filters):
+            handler.addFilter(_DropNoise())
+    for message in NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+
+
 def run_fit(args: list[str]) -> Path:
     """Fit (resuming from the run's last.ckpt when it exists); returns the run directory."""
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-    cli = TJDCLI(
-        TJDLitModule,
-        TJDDataModule,
-        args=args,
-        run=False,
-        trainer_defaults=TRAINER_DEFAULTS,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": "tjdnet fit"},
-    )
+    quiet_lightning()
+    try:
+        cli = TJDCLI(
+            TJDLitModule,
+            TJDDataModule,
+            args=args,
+            run=False,
+            trainer_defaults=TRAINER_DEFAULTS,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"prog": "tjdnet fit", "exit_on_error": False},
+        )
+    except ArgumentError as error:
+        raise ValueError(option_error(str(error))) from None
     run_dir: Path = cli.run_dir
+    cli.datamodule.examples()  # bad data is an error before any log or checkpoint is written
     ckpt_path = cli.config.ckpt_path
     last = run_dir / "last.ckpt"
     if ckpt_path is None and last.is_file():
