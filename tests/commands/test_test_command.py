@@ -86,3 +86,25 @@ def test_ctrl_c_writes_the_prompts_finished(tiny_ckpt, tmp_path, monkeypatch):
     assert payload["interrupted"] is True and payload["num_prompts"] == 2
     assert payload["results"]["ar"]["scored"] == 2
     assert payload["results"]["speculative"]["identical_to_ar"] == 1.0
+
+
+def test_sigint_in_a_real_process_writes_partial_results(tiny_ckpt, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "sigint.json"
+    command = [sys.executable, "-m", "tjdnet.cli", "test", "--ckpt_path", str(tiny_ckpt), "--out", str(out),
+               "--max_new_tokens", "48", "--num_threads", "1"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:
+        if "repeat 1/1: 2/100 prompts" in line:
+            process.send_signal(signal.SIGINT)
+            break
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and stderr.strip().endswith("tjdnet: interrupted")
+    payload = json.loads(out.read_text())
+    assert payload["interrupted"] is True and 2 <= payload["num_prompts"] < 100
+    assert f"interrupted: results of the {payload['num_prompts']} prompts finished written to {out}" in stdout
