@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 OFFLINE := HF_HUB_OFFLINE=1
 
-.PHONY: venv main test test-fast lint
+.PHONY: venv main test test-fast lint gpu-check
 
 venv: $(VENV)/.stamp
 
@@ -35,3 +35,7 @@ test: lint
 
 test-fast: venv
 	$(OFFLINE) $(BIN)/pytest -q -m 'not slow'
+
+# ---- on a machine with a CUDA GPU: the cuda tests and a small GPU bench (benchmarks/gpu_check.sh; not in CI) ----
+gpu-check: venv
+	bash benchmarks/gpu_check.sh

@@ -16,6 +16,7 @@ from pathlib import Path
 from tjdnet.data import answer_tokens, encode_example
 from tjdnet.data.sources import read_qa_jsonl
 from tjdnet.heads.vocab import frequent_tokens
+from tjdnet.loading import load_tokenizer
 from tjdnet.model import TJDModel
 
 
@@ -26,7 +27,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, required=True)
     parser.add_argument("--seq_len", type=int, default=512, help="as in training (key_experiment.py --seq_len)")
     args = parser.parse_args()
-    model, tokenizer = TJDModel.from_pretrained(args.head)
+    model = TJDModel.from_pretrained(args.head)
+    tokenizer = load_tokenizer(model.config.model)
     ids = None
     if args.size:
         examples = [e for path in args.data.split(",") for e in read_qa_jsonl(Path(path))]

@@ -19,6 +19,7 @@ import torch
 
 from tjdnet.data import Example, encode_prompt
 from tjdnet.decoding import mode_arguments
+from tjdnet.loading import load_tokenizer
 from tjdnet.model import TJDModel
 
 GENERATE = importlib.import_module("tjdnet.decoding.generate")
@@ -61,7 +62,8 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/gsm8k/dev.jsonl")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model, tokenizer = TJDModel.from_pretrained(args.head, dtype=args.dtype)
+    model = TJDModel.from_pretrained(args.head, dtype=args.dtype)
+    tokenizer = load_tokenizer(model.config.model)
     model.eval()
     totals: dict[str, float] = collections.defaultdict(float)
     instrument(model, totals)

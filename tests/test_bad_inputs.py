@@ -62,6 +62,9 @@ CASES = [
     (["generate", "--prompt", "hi", "--gen_mode", "beam"], "unknown gen_mode 'beam'"),
     (["generate", "--prompt", "hi", "--max_new_tokens", "0"], "max_new_tokens=0 is not allowed"),
     (["generate"], "prompt"),
+    # devices
+    (["test", "--ckpt_path", "x.ckpt", "--device", "tpu"], "device='tpu' is not allowed"),
+    (["generate", "--prompt", "hi", "--device", "cuda:x"], "device='cuda:x' is not allowed"),
     # the command itself
     (["frobnicate"], "unknown command 'frobnicate'"),
 ]

@@ -30,7 +30,7 @@ def test_a_saved_head_refuses_a_base_model_whose_weights_changed(tiny_lm_dir, tm
     shutil.copytree(tiny_lm_dir, base)
     lm, _ = load_causal_lm(str(base))
     TJDModel(lm, head_only_config(model=str(base), horizon=2)).save_pretrained(tmp_path / "head")
-    assert TJDModel.from_pretrained(tmp_path / "head")[0].base_fingerprint["model"] == str(base)
+    assert TJDModel.from_pretrained(tmp_path / "head").base_fingerprint["model"] == str(base)
     with torch.no_grad():
         lm.get_input_embeddings().weight.mul_(1.5)
     lm.save_pretrained(base)  # the same path now holds other weights

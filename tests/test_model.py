@@ -109,7 +109,7 @@ def test_save_load_round_trip(tiny_lm_dir, tmp_path, train_mode, token_condition
                 p.add_(torch.randn_like(p) * 0.1)
     model.save_pretrained(tmp_path / "ckpt")
     model.save_pretrained(tmp_path / "ckpt")  # overwriting an existing checkpoint works
-    loaded, _ = TJDModel.from_pretrained(tmp_path / "ckpt")
+    loaded = TJDModel.from_pretrained(tmp_path / "ckpt")
     ids = torch.randint(0, TINY_VOCAB, (2, 9))
     y = torch.randint(0, TINY_VOCAB, (2, 2))
     with torch.no_grad():

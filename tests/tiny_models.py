@@ -35,7 +35,16 @@ def make_tiny_lm(kind: str, seed: int = 0, sharpen: float = 8.0):
     model = cls(tiny_config(kind))
     with torch.no_grad():  # sharper distributions than the default init, so greedy decoding has no near-ties
         model.get_output_embeddings().weight.mul_(sharpen)
+    no_default_eos(model)
     return model.eval()
+
+
+def no_default_eos(model):
+    """Drop the EOS that a model built from a config carries in its generation config (generate would stop at
+    it): the tests choose their EOS, or none, explicitly."""
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = None
+    return model
 
 
 def train_tiny_tokenizer(vocab_size: int = 400):
@@ -104,7 +113,7 @@ def wide_model(kind: str, head: str = "cp", **config):
     from tjdnet.model import TJDModel
 
     settings = head_only_config(head, **{"horizon": 4, "rank": 2, **config})
-    return TJDModel(lm.eval(), settings).to(torch.bfloat16).eval()
+    return TJDModel(no_default_eos(lm).eval(), settings).to(torch.bfloat16).eval()
 
 
 def perturb_lora_b(module, std: float = 1.0, generator=None) -> None:

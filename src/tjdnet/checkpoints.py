@@ -11,7 +11,7 @@ import torch
 
 from tjdnet.config import TJDConfig
 from tjdnet.fingerprint import check_base
-from tjdnet.loading import load_causal_lm
+from tjdnet.loading import load_causal_lm, load_tokenizer, saved_tokenizer
 from tjdnet.model import CONFIG_FILE, TJDModel
 
 STATE_PREFIX = "model."  # the Lightning module holds the TJDModel as ``model``
@@ -74,8 +74,9 @@ def load_trained(path: str | Path, dtype: str | None = None, device: str = "cpu"
     """
     path = Path(path)
     if path.is_dir() and (path / CONFIG_FILE).is_file():
-        model, tokenizer = TJDModel.from_pretrained(path, dtype=dtype or "float32", device=device)
-        return Trained(model.eval(), tokenizer, model.config.to_json())
+        model = TJDModel.from_pretrained(path, dtype=dtype or "float32", device=device)
+        tokenizer = saved_tokenizer(path) or load_tokenizer(model.config.model)
+        return Trained(model, tokenizer, model.config.to_json())
     if path.is_dir():
         raise FileNotFoundError(f"{path} is neither a checkpoint file nor a saved TJDModel ({CONFIG_FILE} is missing)")
     checkpoint = load_checkpoint_file(path)

@@ -95,7 +95,7 @@ def cpu_kernels(module: nn.Module) -> Iterator[None]:
         if not onednn_requested():
             yield
             return
-        changed = [m for m in module.modules() if type(m) is nn.Linear]
+        changed = [m for m in module.modules() if type(m) is nn.Linear and m.weight.device.type == "cpu"]
         if not torch.backends.mkldnn.is_available():
             changed = []
         for layer in changed:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from filelock import FileLock
 
+from tjdnet.devices import resolve_device
 from tjdnet.files import atomic_directory, stale_temporaries
 
 if TYPE_CHECKING:  # transformers takes seconds to import; the functions import it when first called
@@ -206,6 +207,7 @@ def load_causal_lm(
         dtype = parse_dtype(dtype)
     from transformers import AutoModelForCausalLM
 
+    device = resolve_device(device)
     path = resolve_model_path(name_or_path)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
@@ -239,6 +241,13 @@ def _load_tokenizer_from(path: str, name_or_path: str) -> PreTrainedTokenizerBas
         logger.debug("loading tokenizer %r failed: %s", path, err)
         raise _not_found(name_or_path, "has no tokenizer locally and could not be downloaded") from None
     return for_generation(tokenizer)
+
+
+def saved_tokenizer(directory: str | Path) -> PreTrainedTokenizerBase | None:
+    """The tokenizer saved in ``directory`` (``tokenizer_config.json`` and its files), or None."""
+    if not (Path(directory) / "tokenizer_config.json").is_file():
+        return None
+    return _load_tokenizer_from(str(directory), str(directory))
 
 
 def for_generation(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:

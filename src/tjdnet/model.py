@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,8 +310,9 @@ class TJDModel(nn.Module):
         lora = sum(v.numel() for k, v in self.lm.state_dict().items() if "lora_" in k)
         return {"head": head, "lora": lora, "backbone": backbone, "head_fraction": head / backbone}
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write config JSON + safetensors (head and trainable backbone weights) atomically."""
+    def save_pretrained(self, directory: str | os.PathLike, tokenizer=None) -> None:
+        """Write config JSON + safetensors (head and trainable backbone weights) atomically, and ``tokenizer``
+        beside them when given (so ``AutoTokenizer.from_pretrained(directory)`` loads it)."""
         with atomic_directory(directory) as tmp:
             (tmp / CONFIG_FILE).write_text(json.dumps(self.config.to_json(), indent=2))
             (tmp / BASE_FILE).write_text(json.dumps(self.base_fingerprint, indent=2))
@@ -320,23 +322,42 @@ class TJDModel(nn.Module):
                 save_file(_contiguous(backbone), tmp / BACKBONE_WEIGHTS)
             if self.head.draft_vocab is not None:
                 (tmp / DRAFT_VOCAB_FILE).write_text(json.dumps({"ids": self.head.draft_vocab.ids.tolist()}))
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+
+    def push_to_hub(self, repo_id: str, tokenizer=None, private: bool = False, token: str | None = None) -> str:
+        """Upload what :meth:`save_pretrained` writes to the Hugging Face Hub repository ``repo_id`` (created if
+        needed); returns the commit URL. The base model is not uploaded: the config names it."""
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = Path(scratch) / "head"
+            self.save_pretrained(folder, tokenizer)
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            return str(api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message="Upload tjdnet head"))
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | os.PathLike, dtype: str | torch.dtype = "float32", device: str = "cpu"
-    ) -> tuple[TJDModel, object]:
-        """Rebuild a saved TJDModel (base model + saved weights). Returns (model, tokenizer)."""
-        directory = Path(directory)
-        config_path = directory / CONFIG_FILE
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{directory} is not a saved TJDModel: {CONFIG_FILE} is missing")
-        config = TJDConfig.from_json(read_json(config_path))
-        lm, tokenizer = load_causal_lm(config.model, dtype=dtype, device=device)
+        cls, name_or_path: str | os.PathLike, dtype: str | torch.dtype = "float32", device: str = "cpu"
+    ) -> TJDModel:
+        """Rebuild a saved TJDModel: its base model (named in the config) with the saved weights on top.
+
+        Args:
+            name_or_path: a directory written by :meth:`save_pretrained`, or a Hub repository id holding one
+                (downloaded when online or found in the HF cache).
+        Returns:
+            the model, in eval mode. Its tokenizer: ``AutoTokenizer.from_pretrained(directory)`` when it was
+            saved with the head, else that of the base model (:func:`tjdnet.loading.load_tokenizer`).
+        """
+        directory = head_directory(name_or_path)
+        config = TJDConfig.from_json(read_json(directory / CONFIG_FILE))
+        lm, _ = load_causal_lm(config.model, dtype=dtype, device=device)
         model = cls(lm, config).to(device)
         base_file = directory / BASE_FILE
         check_base(read_json(base_file) if base_file.is_file() else None, model.base_fingerprint, str(directory))
         model.load_weights(directory)
-        return model, tokenizer
+        return model.eval()
 
     def load_weights(self, directory: str | os.PathLike) -> None:
         """Load head and backbone weights written by :meth:`save_pretrained` (strict), and its draft vocabulary."""
@@ -350,6 +371,27 @@ class TJDModel(nn.Module):
             if set(weights) != set(expected):
                 raise ValueError(f"{directory / BACKBONE_WEIGHTS} does not match train_mode={self.config.train_mode}")
             self.lm.load_state_dict(weights, strict=False)
+
+
+def head_directory(name_or_path: str | os.PathLike) -> Path:
+    """The local directory of a saved head: ``name_or_path`` itself, or a Hub repository's snapshot."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"{path} is not a saved TJDModel: {CONFIG_FILE} is missing")
+        return path
+    name = str(name_or_path)
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise FileNotFoundError(f"{name} is not a saved TJDModel: no such directory (nor a Hub id owner/name)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot = snapshot_download(name)
+    except Exception as error:  # offline, unknown repository, no access: many types
+        raise FileNotFoundError(
+            f"head {name!r} is neither a local directory nor a reachable Hub repository ({type(error).__name__})"
+        ) from None
+    return head_directory(snapshot)
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -103,7 +103,7 @@ def run_bench(
     out_path = check_writable(out if out is not None else RESULTS_FILE)
     decoding.apply_threads()
     torch.manual_seed(seed)
-    tjd, tokenizer, description, trained = load_for_decoding(ckpt_path, model, decoding.dtype)
+    tjd, tokenizer, description, trained = load_for_decoding(ckpt_path, model, decoding.dtype, device=decoding.device)
     trained_dataset = trained.get("source") if trained.get("dataset") == "selfdistill" else trained.get("dataset")
     dataset = choice.get("dataset") or (trained_dataset if trained_dataset in DATASETS else "stemp")
     path = choice.get("path") or (trained.get("path") if dataset == trained_dataset else None)
@@ -126,7 +126,15 @@ def run_bench(
     }
     logger.info("benchmarking %s on %d %s/%s prompts", ", ".join(modes), len(examples), dataset, split)
     evaluation = run_modes(
-        generators, tjd.backbone, tokenizer, examples, batch_size, repeats, warmup, scored=DATASETS[dataset].scored
+        generators,
+        tjd.backbone,
+        tokenizer,
+        examples,
+        batch_size,
+        repeats,
+        warmup,
+        scored=DATASETS[dataset].scored,
+        device=decoding.device,
     )
     payload = {
         **description,

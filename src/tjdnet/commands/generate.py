@@ -54,8 +54,9 @@ def run_generate(
         model or DEFAULT_MODEL if ckpt_path is None else None,
         decoding.dtype,
         merge_lora=not verify_with_base,
+        device=decoding.device,
     )
-    ids = torch.tensor([encode_prompt(tokenizer, Example(prompt, None))])
+    ids = torch.tensor([encode_prompt(tokenizer, Example(prompt, None))], device=decoding.device)
     out = tjd.generate(
         ids,
         **kwargs,
@@ -66,7 +67,7 @@ def run_generate(
         eos_token_id=tokenizer.eos_token_id,
         streamer=TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True),
         verify_with_base=verify_with_base,
-        generator=torch.Generator().manual_seed(seed),
+        generator=torch.Generator(device=decoding.device).manual_seed(seed),
     )
     s = out.stats
     print(

@@ -16,6 +16,7 @@ from jsonargparse import ArgumentParser
 from tjdnet.attention import ATTENTION_CHOICES
 from tjdnet.checkpoints import load_trained
 from tjdnet.decoding import DEFAULT_TREE_NODES, DEFAULT_TREE_TOPK, mode_arguments
+from tjdnet.devices import resolve_device
 from tjdnet.files import keep_previous, write_json
 from tjdnet.loading import DTYPES
 from tjdnet.model import TJDModel
@@ -34,6 +35,7 @@ class DecodingOptions:
         attention: ``exact`` (lossless in 16-bit floats), ``model`` (the model's own kernel) or ``auto`` (exact
             for 16-bit models).
         num_threads: torch CPU threads (default: torch's choice).
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when there is one).
     """
 
     max_new_tokens: int = 128
@@ -43,8 +45,10 @@ class DecodingOptions:
     tree_topk: int = DEFAULT_TREE_TOPK
     attention: str = "auto"
     num_threads: int | None = None
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
+        self.device = str(resolve_device(self.device))
         for name, low in (
             ("max_new_tokens", 1),
             ("horizon", 1),
@@ -88,16 +92,20 @@ class DataChoice:
     domain_shift: str | None = None
 
 
-def load_for_decoding(ckpt_path: str | None, model: str | None, dtype: str | None, merge_lora: bool = True):
-    """(TJDModel in eval mode, tokenizer, {"checkpoint", "model": settings}, data settings) from a trained
-    checkpoint (``best.ckpt`` or a save_pretrained directory) or, without one, a base model with its own
+def load_for_decoding(
+    ckpt_path: str | None, model: str | None, dtype: str | None, merge_lora: bool = True, device: str = "cpu"
+):
+    """(TJDModel in eval mode on ``device``, tokenizer, {"checkpoint", "model": settings}, data settings) from a
+    trained checkpoint (``best.ckpt`` or a save_pretrained directory) or, without one, a base model with its own
     next-token head only. LoRA adapters are merged unless ``merge_lora`` is False."""
     if ckpt_path is not None:
-        trained = load_trained(ckpt_path, dtype)
+        trained = load_trained(ckpt_path, dtype, device)
         if merge_lora:
             trained.model.merge_adapters()
         return trained.model, trained.tokenizer, {"checkpoint": str(ckpt_path), "model": trained.settings}, trained.data
-    tjd, tokenizer = TJDModel.from_base(model, dtype=dtype or "float32", model_head="stp", train_mode="head")
+    tjd, tokenizer = TJDModel.from_base(
+        model, dtype=dtype or "float32", device=device, model_head="stp", train_mode="head"
+    )
     settings = {"model": model, "model_head": "stp", "horizon": 1, "rank": 1}
     return tjd.eval(), tokenizer, {"checkpoint": None, "model": settings}, {}
 

@@ -72,7 +72,9 @@ def run_test(
     run_dir = ckpt_path if ckpt_path.is_dir() else ckpt_path.parent  # a save_pretrained directory or a run's
     out_path = check_writable(out if out is not None else run_dir / RESULTS_FILE)
     decoding.apply_threads()
-    model, tokenizer, description, trained_data = load_for_decoding(str(ckpt_path), None, decoding.dtype, merge_lora)
+    model, tokenizer, description, trained_data = load_for_decoding(
+        str(ckpt_path), None, decoding.dtype, merge_lora, decoding.device
+    )
     chosen = vars(data) if isinstance(data, DataChoice) else dict(data or {})
     inherited = {k: v for k, v in trained_data.items() if k in INHERITED_DATA}
     data = {**inherited, **{k: v for k, v in chosen.items() if v is not None}}
@@ -87,7 +89,10 @@ def run_test(
     generate = partial(model.generate, eos_token_id=tokenizer.eos_token_id)
     generators = {mode: partial(generate, **decoding.generate_kwargs(mode)) for mode in modes}
     logger.info("testing %s on %d %s/%s prompts with %s", ckpt_path, len(examples), dataset, split, ", ".join(modes))
-    evaluation = run_modes(generators, model.backbone, tokenizer, examples, batch_size, scored=DATASETS[dataset].scored)
+    evaluation = run_modes(
+        generators, model.backbone, tokenizer, examples, batch_size, scored=DATASETS[dataset].scored,
+        device=decoding.device,
+    )  # fmt: skip
     summaries = evaluation.summaries()
     payload = {
         **description,

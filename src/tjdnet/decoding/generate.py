@@ -200,6 +200,41 @@ def _validate(model, input_ids, attention_mask, gen_mode, max_new_tokens, horizo
     return horizon
 
 
+GENERATION_DEFAULTS = {
+    "max_new_tokens": 20,
+    "do_sample": False,
+    "temperature": 1.0,
+    "top_k": None,
+    "top_p": None,
+    "eos_token_id": None,
+    "pad_token_id": None,
+}
+FROM_THE_MODEL = ("max_new_tokens", "eos_token_id", "pad_token_id")  # read from the model's own generation config
+
+
+def generation_settings(model, generation_config=None, **given) -> dict:
+    """The value of each of ``GENERATION_DEFAULTS``: given (not None), else ``generation_config``'s, else the
+    model's own generation config's (``FROM_THE_MODEL`` only), else the default. transformers' "no filter"
+    values (``top_k=0``, ``top_p=1.0``) mean None."""
+    own = getattr(model.lm, "generation_config", None)
+    settings = {}
+    for name, default in GENERATION_DEFAULTS.items():
+        value = given.get(name)
+        if value is None and generation_config is not None:
+            value = _hf_value(generation_config, name)
+        if value is None and own is not None and name in FROM_THE_MODEL:
+            value = _hf_value(own, name)
+        settings[name] = default if value is None else value
+    return settings
+
+
+def _hf_value(config, name: str):
+    value = getattr(config, name, None)
+    if (name, value) in (("top_k", 0), ("top_p", 1.0)):
+        return None
+    return value
+
+
 @torch.inference_mode()
 def generate(
     model,
@@ -207,13 +242,14 @@ def generate(
     attention_mask: torch.Tensor | None = None,
     *,
     gen_mode: str = "ar",
-    max_new_tokens: int = 20,
-    do_sample: bool = False,
-    temperature: float = 1.0,
+    max_new_tokens: int | None = None,
+    do_sample: bool | None = None,
+    temperature: float | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
     eos_token_id: int | list[int] | None = None,
     pad_token_id: int | None = None,
+    generation_config=None,
     horizon: int | None = None,
     streamer=None,
     verify_with_base: bool = False,
@@ -223,6 +259,11 @@ def generate(
     attention: str = "auto",
 ) -> GenerationOutput:
     """Generate up to ``max_new_tokens`` per row (transformers meaning for every shared argument).
+
+    ``max_new_tokens``, ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``eos_token_id`` and ``pad_token_id``
+    come, in this order, from the argument, a transformers ``generation_config``, the model's own generation
+    config (``eos_token_id``, ``pad_token_id`` and ``max_new_tokens`` only: decoding stays greedy unless asked)
+    and the defaults (20 new tokens, greedy; see :func:`generation_settings`).
 
     Args:
         model: a :class:`~tjdnet.model.TJDModel`.
@@ -241,12 +282,33 @@ def generate(
             pass (:mod:`tjdnet.attention`: lossless ``speculative`` in 16-bit floats; every mode uses it, so outputs
             compare), ``model`` keeps the model's own kernel, ``auto`` is exact for bfloat16/float16 models.
     """
+    settings = generation_settings(
+        model,
+        generation_config,
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+    )
+    max_new_tokens, do_sample, eos_token_id, pad_token_id = (
+        settings["max_new_tokens"],
+        settings["do_sample"],
+        settings["eos_token_id"],
+        settings["pad_token_id"],
+    )
+    device = next(model.lm.parameters()).device
+    if isinstance(input_ids, torch.Tensor):  # prompts follow the model, as transformers' generate expects of them
+        input_ids = input_ids.to(device)
+        attention_mask = attention_mask.to(device) if isinstance(attention_mask, torch.Tensor) else attention_mask
     eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or [])
     pad_ids = {i for i in (pad_token_id, getattr(model.lm.config, "pad_token_id", None)) if isinstance(i, int)} | eos
     if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 and input_ids.numel():
         input_ids, attention_mask = left_aligned(input_ids, attention_mask, pad_ids)
     horizon = _validate(model, input_ids, attention_mask, gen_mode, max_new_tokens, horizon, streamer)
-    config = SamplingConfig(do_sample, temperature, top_k, top_p)
+    config = SamplingConfig(do_sample, settings["temperature"], settings["top_k"], settings["top_p"])
     _validate_tree(tree_nodes, tree_topk, gen_mode, do_sample)
     exact = resolve_attention(attention, next(model.lm.parameters()).dtype)
     if verify_with_base and not model.has_lora:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -23,6 +22,7 @@ import torch
 from tjdnet.data import Example, is_correct, prompt_batches
 from tjdnet.decoding import GenerationOutput, GenerationStats
 from tjdnet.decoding.stats import acceptance_by_position
+from tjdnet.devices import device_clock
 
 logger = logging.getLogger(__name__)
 
@@ -69,17 +69,19 @@ def _add_lists(a: list[int], b: list[int]) -> list[int]:
 
 
 class ForwardCounter:
-    """Counts the forward passes of a module and records when the first one of a call ended."""
+    """Counts the forward passes of a module and records when the first one of a call ended (on ``device``'s
+    clock: CUDA work is waited for)."""
 
-    def __init__(self, module: torch.nn.Module) -> None:
+    def __init__(self, module: torch.nn.Module, device: str = "cpu") -> None:
         self.calls = 0
         self.first_end: float | None = None
+        self.device = device
         self._handle = module.register_forward_hook(self._hook)
 
     def _hook(self, module, args, output) -> None:
         self.calls += 1
         if self.first_end is None:
-            self.first_end = time.perf_counter()
+            self.first_end = device_clock(self.device)
 
     def reset(self) -> None:
         self.calls, self.first_end = 0, None
@@ -96,9 +98,9 @@ def timed_call(generate: Generator, counter: ForwardCounter, input_ids, attentio
     tokens) per row.
     """
     counter.reset()
-    start = time.perf_counter()
+    start = device_clock(counter.device)
     out = generate(input_ids, attention_mask)
-    end = time.perf_counter()
+    end = device_clock(counter.device)
     stats = out.stats
     first_end = counter.first_end if counter.first_end is not None else end
     stats.prefill_time_s, stats.decode_time_s = first_end - start, end - first_end
@@ -145,7 +147,7 @@ def run_modes(
     runs = [{m: ModeResult(m) for m in modes} for _ in range(repeats)]
     if not batches:
         return Evaluation(runs, 0)
-    counter = ForwardCounter(backbone)
+    counter = ForwardCounter(backbone, device)
     done, finished = 0, 0
     try:
         _, ids, mask = batches[0]
