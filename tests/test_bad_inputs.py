@@ -115,3 +115,12 @@ def test_bad_python_api_input_is_a_one_line_error(make, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message) as error:
         make()
     assert "\n" not in str(error.value)
+
+
+def test_fit_refuses_an_unwritable_run_directory_before_loading(tiny, tmp_path, monkeypatch, capsys):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("TJDNET_EXPERIMENTS", str(tmp_path / "file" / "experiments"))  # under a file
+    with pytest.raises(SystemExit) as exit_info:
+        main([a.format(tiny=tiny) for a in FIT])
+    assert exit_info.value.code == 2
+    assert "is not a writable directory" in capsys.readouterr().err.strip().splitlines()[-1]
