@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 OFFLINE := HF_HUB_OFFLINE=1
 
-.PHONY: venv main test test-fast lint gpu-check bigmodel
+.PHONY: venv main test test-fast lint gpu-check bigmodel seed-check
 
 venv: $(VENV)/.stamp
 
@@ -25,6 +25,10 @@ $(VENV)/.stamp: pyproject.toml
 main: venv
 	$(OFFLINE) $(BIN)/tjdnet fit --config configs/main_stemp.yaml
 # ---- end of main job ----
+
+# ---- the seed's sanity check: cp, R=2, H=2; draft decoding against ar on stemp (configs/seed_check.yaml) ----
+seed-check: venv
+	$(OFFLINE) $(BIN)/tjdnet fit --config configs/seed_check.yaml
 
 lint: venv
 	$(OFFLINE) $(BIN)/ruff check src tests benchmarks

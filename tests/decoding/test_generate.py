@@ -193,6 +193,22 @@ def test_forward_passes_are_counted_exactly(gen_mode):
         assert out.stats.tau == 17 / 6
 
 
+@pytest.mark.parametrize("token_conditioned", [False, True])
+def test_anchored_draft_starts_every_block_with_the_models_own_token(token_conditioned):
+    model = build("llama", "cp", 3, token_conditioned=token_conditioned)
+    prompt = torch.randint(3, TINY_VOCAB, (1, 5), generator=torch.Generator().manual_seed(4))
+    out = model.generate(prompt, gen_mode="draft_anchored", max_new_tokens=8)
+    tokens = out.new_tokens[0]
+    assert len(tokens) == 8 and out.stats.forward_passes == 3  # prefill; 3 + 3 + 2 tokens
+    with torch.no_grad():
+        for start in (0, 3, 6):  # each block's first token is greedy ar's given what came before
+            context = torch.cat([prompt, torch.tensor([tokens[:start]], dtype=torch.long)], dim=1)
+            expected = model.next_token_logits(model.hidden_states(context))[0, -1].argmax()
+            assert tokens[start] == int(expected)
+    batched = model.generate(prompt.expand(2, -1), gen_mode="draft_anchored", max_new_tokens=8)
+    assert batched.new_tokens == [tokens, tokens]
+
+
 def test_draft_mode_takes_sequential_argmax_blocks():
     model = build("llama", "mps", 3)
     ids = torch.randint(3, TINY_VOCAB, (1, 6))

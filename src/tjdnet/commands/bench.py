@@ -31,7 +31,7 @@ BENCH_MODES = (*NAMED_MODES, *HF_MODES)
 RESULTS_FILE = "bench_results.json"
 DEFAULT_MODES = "ar,hf_generate,speculative,speculative_tree"
 DEFAULT_BASE_MODES = "ar,hf_generate"
-HEAD_MODES = ("draft", "speculative", TREE_MODE)  # need a trained joint head
+HEAD_MODES = ("draft", "draft_anchored", "speculative", TREE_MODE)  # need a trained joint head
 TABLE_COLUMNS = (
     "tau",
     "acceptance_rate",
@@ -77,8 +77,8 @@ def run_bench(
     Args:
         ckpt_path: best.ckpt / last.ckpt of a run, or a save_pretrained directory.
         model: a base model instead of a checkpoint (ar and hf_* modes only).
-        gen_modes: comma-separated modes: ar, draft, speculative, speculative_tree, hf_generate, prompt_lookup
-            (default: ar,hf_generate,speculative,speculative_tree; ar,hf_generate for a base model).
+        gen_modes: comma-separated modes: ar, draft, draft_anchored, speculative, speculative_tree, hf_generate,
+            prompt_lookup (default: ar,hf_generate,speculative,speculative_tree; ar,hf_generate for a base model).
         num_prompts: test prompts to time.
         batch_size: prompts per batch.
         repeats: timed runs of every mode on every prompt.

@@ -81,6 +81,7 @@ def plot_accuracy_vs_speed(payloads: list[dict], path: str | Path) -> Path:
         "speculative": "o",
         "speculative_tree": "P",
         "draft": "^",
+        "draft_anchored": "<",
         "hf_generate": "D",
         "prompt_lookup": "v",
     }
@@ -96,7 +97,7 @@ def plot_accuracy_vs_speed(payloads: list[dict], path: str | Path) -> Path:
             style = {"marker": markers.get(mode, "x"), "color": colors.get(mode, "C9")}
             ax.scatter(speed, accuracy, label=None if mode in seen else mode, **style)
             seen.add(mode)
-            if mode in ("draft", *MEASURED_MODES):
+            if mode in ("draft", "draft_anchored", *MEASURED_MODES):
                 ax.annotate(f"{head} R{rank} H{horizon}{tag}", (speed, accuracy), fontsize=7, alpha=0.7)
     ax.set(xlabel="decode tokens/s", ylabel="accuracy", title="accuracy vs speed")
     ax.grid(alpha=0.3)

@@ -22,7 +22,7 @@ from tjdnet.decoding.tree import DEFAULT_TREE_NODES, DEFAULT_TREE_TOPK, DraftTre
 from tjdnet.kernels import cpu_kernels
 from tjdnet.sampling import SamplingConfig, choose_tokens, process_log_probs
 
-GEN_MODES = ("ar", "draft", "speculative")
+GEN_MODES = ("ar", "draft", "draft_anchored", "speculative")
 TREE_MODE = "speculative_tree"
 NAMED_MODES = (*GEN_MODES, TREE_MODE)
 
@@ -270,7 +270,9 @@ def generate(
         input_ids: (B, T) prompts; attention_mask: (B, T), 1 for real tokens (needed for a padded batch). Right
             padding is moved to the left first (:func:`left_aligned`); ``sequences`` holds the prompts so.
         gen_mode: ``ar`` (next-token head), ``draft`` (``horizon`` tokens per pass from the joint head,
-            lossy) or ``speculative`` (joint-head drafts verified by the next-token head, lossless).
+            lossy), ``draft_anchored`` (``horizon`` tokens per pass: the next-token head's token, then
+            ``horizon - 1`` from the joint head given it; lossy) or ``speculative`` (joint-head drafts verified by
+            the next-token head, lossless).
         horizon: tokens per block (default: the head's horizon).
         verify_with_base: with LoRA, verify against the original model (adapters off); costs a second
             backbone pass per step.
@@ -354,11 +356,12 @@ def generate(
         if gen_mode == "draft":
             _draft_loop(model, rows, hidden, config, horizon, out, stats, forward, generator)
         else:
-            draft_len = horizon - 1 if gen_mode == "speculative" else 0
+            draft_len = 0 if gen_mode == "ar" else horizon - 1
             pending = choose_tokens(log_p, config, generator)
             _speculative_loop(
-                model, rows, hidden, pending, config, draft_len, out, stats, forward, generator, tree_nodes, tree_topk
-            )
+                model, rows, hidden, pending, config, draft_len, out, stats, forward, generator, tree_nodes, tree_topk,
+                verify=gen_mode != "draft_anchored",
+            )  # fmt: skip
     stats.decode_time_s = time.perf_counter() - start - stats.prefill_time_s
     return _finish(input_ids, out, stats, pad_token_id, streamer)
 
@@ -371,12 +374,14 @@ def _not_exact_message(lm: torch.nn.Module) -> str:
 
 
 def _speculative_loop(
-    model, rows, hidden, pending, config, draft_len, out, stats, forward, generator, tree_nodes, tree_topk
+    model, rows, hidden, pending, config, draft_len, out, stats, forward, generator, tree_nodes, tree_topk, verify=True
 ) -> None:
     """Commit the verifier's pending token, draft after it (a chain, or a tree of ``tree_nodes`` nodes),
     verify the draft in one pass; repeat.
 
-    ``draft_len = 0`` is plain autoregressive decoding.
+    ``draft_len = 0`` is plain autoregressive decoding. ``verify=False`` (``draft_anchored``) takes every drafted
+    token unchecked: each pass then emits the next-token head's token and ``draft_len`` tokens of the joint head
+    drawn given it.
     """
     while True:
         for a, r in enumerate(rows.index.tolist()):
@@ -392,7 +397,7 @@ def _speculative_loop(
         if k > 0 and tree_nodes > 0:
             step = _tree_step(model, rows, hidden, pending, k, tree_nodes, tree_topk, forward)
         else:
-            step = _chain_step(model, rows, hidden, pending, k, config, forward, generator)
+            step = _chain_step(model, rows, hidden, pending, k, config, forward, generator, verify)
         n_accepted, pending, hidden = step.n_accepted, step.pending, step.hidden
         stats.decode_steps += 1
         for a, r in enumerate(rows.index.tolist()):
@@ -400,7 +405,7 @@ def _speculative_loop(
             taken = out.commit(r, step.accepted[a, :n].tolist())
             row = stats.rows[r]
             row.new_tokens += taken
-            if k > 0:
+            if k > 0 and verify:
                 row.drafted += step.drafted
                 row.accepted += n
                 row.accepted_lengths.append(n)
@@ -430,8 +435,9 @@ class _Step:
     drafted: int
 
 
-def _chain_step(model, rows, hidden, pending, k, config, forward, generator) -> _Step:
-    """Draft one chain of k tokens after ``pending`` and verify it (k = 0: a plain step)."""
+def _chain_step(model, rows, hidden, pending, k, config, forward, generator, verify=True) -> _Step:
+    """Draft one chain of k tokens after ``pending`` and verify it (k = 0: a plain step; ``verify=False``: take
+    the whole chain, the verifier choosing only the token after it)."""
     if k > 0:
         block = model.head(hidden, horizon=k + 1, first=pending)
         draft, draft_log_q = block.draft(config, prefix=pending[:, None], generator=generator)
@@ -439,9 +445,9 @@ def _chain_step(model, rows, hidden, pending, k, config, forward, generator) -> 
         draft = pending.new_zeros(len(pending), 0)
     mask, positions = rows.feed_inputs(k + 1)
     step_hidden, log_p = forward(torch.cat([pending[:, None], draft], dim=1), mask, positions)
-    if k == 0:
-        n_accepted = torch.zeros_like(pending)
-        pending = choose_tokens(log_p[:, 0], config, generator)
+    if k == 0 or not verify:
+        n_accepted = torch.full_like(pending, k)
+        pending = choose_tokens(log_p[:, k], config, generator)
     elif config.do_sample:
         n_accepted, pending = speculative_accept(draft, draft_log_q, log_p, generator)
     else:
