@@ -227,3 +227,22 @@ def test_a_checkpoint_refuses_a_base_model_that_changed(experiments, tmp_path, c
     save_tiny_model_dir("gpt2", tmp_path / "base")  # another architecture at the same path
     code, _, err = run(["test", "--ckpt_path", str(ckpt), "--data.max_num_samples", "1"], capsys)
     assert code == 2 and "was trained on" in last_line(err) and "not on this" in last_line(err)
+
+
+def test_the_seed_check_config_fits_and_tests_every_mode_on_the_same_answers(model_dir, experiments, capsys):
+    config = Path(__file__).resolve().parents[2] / "configs" / "seed_check.yaml"
+    args = ["fit", "--config", str(config), "--model.model", model_dir, "--model.hidden_dim", "8",
+            "--model.lora_layers", "1", "--model.max_new_tokens", "4", "--data.max_num_samples", "8",
+            "--data.max_eval_samples", "2", "--data.seq_len", "128", "--test.max_num_samples", "3",
+            "--test.max_new_tokens", "6", "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false"]  # fmt: skip
+    code, out, err = run(args, capsys)
+    assert code == 0, err
+    payload = json.loads((experiments / "seed-check" / "test_results.json").read_text())
+    assert payload["model"]["model_head"] == "cp" and payload["model"]["rank"] == 2
+    assert payload["model"]["horizon"] == 2
+    results = payload["results"]
+    assert list(results) == ["ar", "draft", "draft_anchored", "speculative"]
+    for mode, result in results.items():  # every mode scored on the same 3 parsed answers
+        assert result["scored"] == 3 and 0.0 <= result["accuracy"] <= 1.0, mode
+    assert 1.0 < results["draft"]["tau"] <= 2.0 and results["speculative"]["identical_to_ar"] == 1.0
