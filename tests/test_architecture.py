@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tjdnet"
 
 # Bottom to top; a unit (a top-level module or sub-package of tjdnet) imports from lower rows only.
 LAYERS = (
-    {"tensorops", "sampling", "kernels", "row_invariance", "files", "machine", "fingerprint", "devices"},
+    {"tensorops", "sampling", "kernels", "row_invariance", "files", "machine", "fingerprint", "devices", "checks"},
     {"heads", "attention", "loading", "data"},
     {"config", "decoding", "distill"},
     {"model", "evaluation"},
@@ -26,7 +26,7 @@ LAYERS = (
     {"training"},  # Lightning is imported here only
     {"cli"},
 )
-CORE = {"tensorops", "sampling", "kernels", "row_invariance", "files", "machine", "fingerprint", "devices"}
+CORE = {"tensorops", "sampling", "kernels", "row_invariance", "files", "machine", "fingerprint", "devices", "checks"}
 CORE |= {"heads", "attention"}
 CORE |= {"loading", "data", "config", "decoding", "distill", "model", "evaluation", "checkpoints", "runs"}
 

@@ -29,15 +29,15 @@ COMMAND_LINES = {
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()  # a bar per weights file loaded says nothing
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         _fail(f"unknown command {command!r}; allowed: {', '.join(COMMANDS)}")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # a bar per weights file loaded says nothing
     try:
         if command == "fit":
             from tjdnet.training.fit import run_fit  # Lightning is imported by fit only

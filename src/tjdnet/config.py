@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tjdnet.checks import check_int
 from tjdnet.heads import HEADS, check_head_settings
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -86,10 +87,9 @@ class TJDConfig:
             raise ValueError(f"unknown train_mode {self.train_mode!r}; allowed: {', '.join(TRAIN_MODES)}")
         if self.loss_mode not in LOSS_MODES:
             raise ValueError(f"unknown loss_mode {self.loss_mode!r}; allowed: {', '.join(LOSS_MODES)}")
-        for name, allowed in (("lora_rank", ">= 1"), ("lora_layers", ">= 1"), ("draft_vocab_size", "in 1..vocab size")):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ValueError(f"{name}={value!r} is not allowed; use an integer {allowed}")
+        for name, allowed in (("lora_rank", None), ("lora_layers", None), ("draft_vocab_size", "in 1..vocab size")):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), allowed=allowed)
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout={self.lora_dropout} is not allowed; use a value in [0, 1)")
         if self.joint_loss_lambda < 0:

@@ -17,8 +17,9 @@ from functools import partial
 import torch
 
 from tjdnet.attention import resolve_attention
+from tjdnet.checks import check_int
 from tjdnet.commands.options import DataChoice, DecodingOptions, load_for_decoding, parse_call, report
-from tjdnet.commands.test import parse_gen_modes, test_split
+from tjdnet.commands.test import data_source, parse_gen_modes, test_split
 from tjdnet.data import DATASETS, load_examples
 from tjdnet.decoding import NAMED_MODES, TREE_MODE
 from tjdnet.evaluation import HF_MODES, format_table, hf_generator, run_modes
@@ -51,12 +52,6 @@ def parse_bench_modes(value: str | Sequence[str], has_head: bool = True) -> list
         if mode in HEAD_MODES and not has_head:
             raise ValueError(f"gen_mode {mode!r} needs a trained joint head (--ckpt_path); without one use ar, hf_*")
     return modes
-
-
-def _check_counts(**counts: tuple[int, int]) -> None:
-    for name, (value, low) in counts.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{name}={value!r} is not allowed; use an integer >= {low}")
 
 
 def run_bench(
@@ -94,7 +89,9 @@ def run_bench(
     if gen_modes is None:
         gen_modes = DEFAULT_MODES if ckpt_path is not None else DEFAULT_BASE_MODES
     modes = parse_bench_modes(gen_modes, has_head=ckpt_path is not None)
-    _check_counts(num_prompts=(num_prompts, 1), batch_size=(batch_size, 1), repeats=(repeats, 1), warmup=(warmup, 0))
+    for name, value, low in (("num_prompts", num_prompts, 1), ("batch_size", batch_size, 1), ("repeats", repeats, 1)):
+        check_int(name, value, low)
+    check_int("warmup", warmup, 0)
     choice = vars(data) if isinstance(data, DataChoice) else dict(data or {})
     if choice.get("max_num_samples") is not None:
         raise ValueError("bench takes --num_prompts, not --data.max_num_samples")
@@ -104,7 +101,7 @@ def run_bench(
     decoding.apply_threads()
     torch.manual_seed(seed)
     tjd, tokenizer, description, trained = load_for_decoding(ckpt_path, model, decoding.dtype, device=decoding.device)
-    trained_dataset = trained.get("source") if trained.get("dataset") == "selfdistill" else trained.get("dataset")
+    trained_dataset = data_source(trained)
     dataset = choice.get("dataset") or (trained_dataset if trained_dataset in DATASETS else "stemp")
     path = choice.get("path") or (trained.get("path") if dataset == trained_dataset else None)
     split = test_split(dataset)

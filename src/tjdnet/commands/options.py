@@ -15,6 +15,7 @@ from jsonargparse import ArgumentParser
 
 from tjdnet.attention import ATTENTION_CHOICES
 from tjdnet.checkpoints import load_trained
+from tjdnet.checks import check_int
 from tjdnet.decoding import DEFAULT_TREE_NODES, DEFAULT_TREE_TOPK, mode_arguments
 from tjdnet.devices import resolve_device
 from tjdnet.files import keep_previous, write_json
@@ -56,9 +57,8 @@ class DecodingOptions:
             ("tree_topk", 1),
             ("num_threads", 1),
         ):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
-                raise ValueError(f"{name}={value!r} is not allowed; use an integer >= {low}")
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), low)
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r} is not allowed; use one of {', '.join(DTYPES)}")
         if self.attention not in ATTENTION_CHOICES:

@@ -7,6 +7,7 @@ import logging
 from functools import partial
 from pathlib import Path
 
+from tjdnet.checks import check_int
 from tjdnet.commands.options import DataChoice, DecodingOptions, load_for_decoding, parse_call, report
 from tjdnet.data import DATASETS, load_examples
 from tjdnet.decoding import NAMED_MODES
@@ -35,6 +36,12 @@ def parse_gen_modes(value: str | list[str], allowed: tuple[str, ...] = NAMED_MOD
     if len(set(modes)) != len(modes):
         raise ValueError(f"--gen_modes {','.join(modes)} names a mode twice")
     return modes
+
+
+def data_source(data: dict, default: str | None = None) -> str | None:
+    """The dataset whose test split evaluates a run fitted on ``data`` (a ``selfdistill`` run: its source's;
+    ``default`` when ``data`` names none)."""
+    return data.get("source") if data.get("dataset") == "selfdistill" else data.get("dataset", default)
 
 
 def test_split(dataset: str) -> str:
@@ -66,8 +73,7 @@ def run_test(
     """
     decoding = DecodingOptions(**options)
     modes = parse_gen_modes(gen_mode or gen_modes)
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} is not allowed; use an integer >= 1")
+    check_int("batch_size", batch_size)
     ckpt_path = Path(ckpt_path)
     run_dir = ckpt_path if ckpt_path.is_dir() else ckpt_path.parent  # a save_pretrained directory or a run's
     out_path = check_writable(out if out is not None else run_dir / RESULTS_FILE)
@@ -78,7 +84,7 @@ def run_test(
     chosen = vars(data) if isinstance(data, DataChoice) else dict(data or {})
     inherited = {k: v for k, v in trained_data.items() if k in INHERITED_DATA}
     data = {**inherited, **{k: v for k, v in chosen.items() if v is not None}}
-    dataset = data.get("source") if data.get("dataset") == "selfdistill" else data.get("dataset", "stemp")
+    dataset = data_source(data, default="stemp")
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
     split = test_split(dataset)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from tjdnet.checks import check_int
 from tjdnet.heads.base import HeadConfig, JointHead
 from tjdnet.heads.block import BlockDistribution
 from tjdnet.heads.cp import CPHead
@@ -19,7 +20,7 @@ def validate_head_config(config: HeadConfig) -> None:
     """Raise a one-line ValueError naming the first bad field of a head configuration."""
     check_head_settings(config.name, config.horizon, config.rank, config.hidden_dim, config.token_conditioned)
     for field in ("hidden_size", "vocab_size", "loss_chunk_elements"):
-        _check_positive(field, getattr(config, field))
+        check_int(field, getattr(config, field))
 
 
 def check_head_settings(name: str, horizon: int, rank: int, hidden_dim: int, token_conditioned: bool) -> None:
@@ -27,7 +28,7 @@ def check_head_settings(name: str, horizon: int, rank: int, hidden_dim: int, tok
     if name not in HEADS:
         raise ValueError(f"unknown head {name!r}; allowed heads: {', '.join(HEADS)}")
     for field, value in (("horizon", horizon), ("rank", rank), ("hidden_dim", hidden_dim)):
-        _check_positive(field, value)
+        check_int(field, value)
     if name == "stp" and horizon != 1:
         raise ValueError(f"horizon={horizon} is not allowed for the stp head; stp has horizon 1")
     if name in FIXED_RANK_ONE and rank != 1:
@@ -37,11 +38,6 @@ def check_head_settings(name: str, horizon: int, rank: int, hidden_dim: int, tok
             f"token_conditioned is not allowed for {name} with horizon={horizon}; "
             "it needs a multihead, cp or mps head with horizon >= 2"
         )
-
-
-def _check_positive(field: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{field}={value!r} is not allowed; use an integer >= 1")
 
 
 def make_head(config: HeadConfig, unembedding: nn.Module, embedding: nn.Module | None = None) -> JointHead:

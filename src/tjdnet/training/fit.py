@@ -51,8 +51,7 @@ class TJDCLI(LightningCLI):
             )
         name = config.run_name or run_name(asdict(settings), _plain(config.data))
         self.run_dir = experiments_dir() / name
-        check_writable(self.run_dir / "last.ckpt")  # before the model loads, not at the first checkpoint
-        last = self.run_dir / "last.ckpt"
+        last = check_writable(self.run_dir / "last.ckpt")  # before the model loads, not at the first checkpoint
         if config.ckpt_path is None and last.is_file():
             check_same_run(last, asdict(settings), _plain(config.data))
 
