@@ -1,7 +1,8 @@
-"""``tjdnet fit | test | generate | bench | bench-heads | bench-plot`` (also ``python main.py ...``).
+"""``tjdnet distill | fit | fit-heads | test | generate | bench | bench-heads | bench-plot`` (also ``python main.py``).
 
-``fit`` is a LightningCLI (every ``--model.*``, ``--data.*``, ``--trainer.*`` flag and ``--config``);
-the others are plain commands that load a checkpoint written by ``fit``.
+``fit`` is a LightningCLI (every ``--model.*``, ``--data.*``, ``--trainer.*`` flag and ``--config``); ``distill``
+writes a head's training data with the model itself, ``fit-heads`` trains heads on it over cached features; the
+others are plain commands that load a checkpoint or saved head.
 """
 
 from __future__ import annotations
@@ -10,19 +11,21 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ("fit", "test", "generate", "bench", "bench-heads", "bench-plot")
+COMMANDS = ("distill", "fit", "fit-heads", "test", "generate", "bench", "bench-heads", "bench-plot")
 USAGE = f"usage: tjdnet {{{','.join(COMMANDS)}}} [--help] [options]"
 
 logger = logging.getLogger("tjdnet")
 
 
-# module of tjdnet.commands and its entry point, imported on use: `tjdnet generate` does not pay for matplotlib
+# module and entry point of each command, imported on use: `tjdnet generate` does not pay for matplotlib
 COMMAND_LINES = {
-    "test": ("test", "run_test_cli"),
-    "generate": ("generate", "run_generate_cli"),
-    "bench": ("bench", "run_bench_cli"),
-    "bench-heads": ("bench_heads", "run_bench_heads_cli"),
-    "bench-plot": ("bench_plot", "run_bench_plot_cli"),
+    "distill": ("commands.distill", "run_distill_cli"),
+    "fit-heads": ("training.fit_heads", "run_fit_heads_cli"),
+    "test": ("commands.test", "run_test_cli"),
+    "generate": ("commands.generate", "run_generate_cli"),
+    "bench": ("commands.bench", "run_bench_cli"),
+    "bench-heads": ("commands.bench_heads", "run_bench_heads_cli"),
+    "bench-plot": ("commands.bench_plot", "run_bench_plot_cli"),
 }
 
 
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
             run_fit(rest)
         else:
             module, function = COMMAND_LINES[command]
-            getattr(importlib.import_module(f"tjdnet.commands.{module}"), function)(rest)
+            getattr(importlib.import_module(f"tjdnet.{module}"), function)(rest)
     except (ValueError, FileNotFoundError) as error:
         _fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
     except KeyboardInterrupt:

@@ -10,12 +10,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tjdnet.checks import check_int
-from tjdnet.heads import HEADS, check_head_settings
+from tjdnet.heads import FIXED_RANK_ONE, HEADS, check_head_settings
 
 DEFAULT_MODEL = "smollm2-135m"
 TRAIN_MODES = ("head", "lora", "full")
 LOSS_MODES = ("draft", "joint")
-RANK_ONE_HEADS = ("stp", "multihead")
 # Keys of tjdnet_config.json files written before the fields took the CLI's names.
 RENAMED_KEYS = {"base_model": "model", "head": "model_head"}
 
@@ -25,7 +24,7 @@ def default_horizon(head: str) -> int:
 
 
 def default_rank(head: str) -> int:
-    return 1 if head in RANK_ONE_HEADS else 2
+    return 1 if head in FIXED_RANK_ONE else 2
 
 
 @dataclass
@@ -34,7 +33,8 @@ class TJDConfig:
 
     Attributes:
         model: alias (``smollm2-135m``), hub id or local directory of the base causal LM.
-        model_head: ``stp``, ``multihead``, ``cp`` or ``mps``.
+        model_head: ``stp``, ``multihead``, ``cp``, ``mps``, ``medusa`` (Medusa-1-style heads) or ``eagle``
+            (an EAGLE-1-style drafter).
         horizon: tokens per block (default 4; 1 for stp).
         rank: CP rank / MPS bond dimension (default 2; 1 for stp and multihead).
         hidden_dim: width of each head component's residual adapter.

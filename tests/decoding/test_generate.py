@@ -7,6 +7,7 @@ from tiny_models import TINY_VOCAB, head_only_config, make_tiny_lm, perturb_lora
 from transformers import DynamicCache
 
 from tjdnet.decoding.generate import _Rows
+from tjdnet.heads import FIXED_RANK_ONE
 from tjdnet.model import TJDConfig, TJDModel
 from tjdnet.sampling import SamplingConfig
 
@@ -17,7 +18,7 @@ def build(
     kind="llama", head="cp", horizon=4, rank=2, perturb=1.0, seed=0, token_conditioned=False, **kwargs
 ) -> TJDModel:
     lm = make_tiny_lm(kind, **kwargs)
-    rank = 1 if head in ("stp", "multihead") else rank
+    rank = 1 if head in FIXED_RANK_ONE else rank
     config = head_only_config(head, horizon=horizon, rank=rank, token_conditioned=token_conditioned)
     model = TJDModel(lm, config)
     torch.manual_seed(seed)
@@ -75,6 +76,7 @@ def hf_new_tokens(lm, ids, mask, max_new_tokens) -> list[list[int]]:
 
 
 HEADS = [("stp", 1), ("multihead", 2), ("multihead", 4), ("cp", 2), ("cp", 4), ("mps", 2), ("mps", 4)]
+HEADS += [("medusa", 4), ("eagle", 2), ("eagle", 4)]
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])

@@ -59,6 +59,18 @@ def pooled_chisquare(counts: torch.Tensor, probs: torch.Tensor) -> float:
 def test_speculative_sampling_matches_plain_sampling(temperature, top_k, top_p, token_conditioned, draft_vocab):
     model = build("llama", "cp", 3, rank=2, perturb=0.5, sharpen=3.0, token_conditioned=token_conditioned)
     model.head.set_draft_vocab(None if draft_vocab is None else list(draft_vocab))
+    check_speculative_sampling(model, temperature, top_k, top_p)
+
+
+@pytest.mark.parametrize("head,draft_vocab", [("medusa", None), ("eagle", None), ("eagle", range(0, TINY_VOCAB, 2))])
+def test_baseline_drafters_sample_exactly(head, draft_vocab):
+    model = build("llama", head, 3, perturb=0.3, sharpen=3.0)
+    model.head.set_draft_vocab(None if draft_vocab is None else list(draft_vocab))
+    check_speculative_sampling(model, 0.9, None, None)
+
+
+def check_speculative_sampling(model, temperature, top_k, top_p) -> None:
+    """20,000 speculative samples of three tokens against the exact distribution of plain sampling."""
     prompt = torch.tensor([[5, 17, 33, 8]])
     config = SamplingConfig(True, temperature, top_k, top_p)
     pair, third = exact_first_tokens(model, prompt, config)

@@ -16,7 +16,7 @@ from tjdnet.tensorops.logspace import IGNORE_INDEX
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
-@pytest.mark.parametrize("head", ["multihead", "cp", "mps"])
+@pytest.mark.parametrize("head", ["multihead", "cp", "mps", "medusa", "eagle"])
 @pytest.mark.parametrize("batch", [1, 4])
 def test_greedy_tree_speculative_equals_ar(kind, head, batch):
     model = build(kind, head, 4, perturb=0.1)
@@ -76,7 +76,7 @@ def paths(tree: DraftTree, row: int = 0) -> list[tuple[int, ...]]:
     return out[1:]
 
 
-@pytest.mark.parametrize("head", ["multihead", "cp", "mps"])
+@pytest.mark.parametrize("head", ["multihead", "cp", "mps", "medusa", "eagle"])
 def test_draft_tree_holds_the_most_probable_prefixes(head):
     model = build("llama", head, 3, rank=3, perturb=0.5)
     h = torch.randn(1, model.head.config.hidden_size)

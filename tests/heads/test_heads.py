@@ -36,7 +36,7 @@ def build(
     return head
 
 
-CASES = [("stp", 1, 1), ("multihead", 3, 1), ("cp", 1, 3), ("cp", 3, 4), ("mps", 2, 3), ("mps", 4, 2)]
+CASES = [("stp", 1, 1), ("multihead", 3, 1), ("cp", 1, 3), ("cp", 3, 4), ("mps", 2, 3), ("mps", 4, 2), ("medusa", 3, 1)]
 
 
 def all_blocks(horizon: int, vocab: int = V) -> torch.Tensor:
@@ -97,7 +97,7 @@ def test_conditionals_and_marginals_match_brute_force(name, horizon, rank):
     torch.testing.assert_close(head.log_prob(h, y).exp(), marginal, atol=1e-6, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name,horizon,rank", [("cp", 2, 3), ("mps", 2, 2), ("multihead", 2, 1)])
+@pytest.mark.parametrize("name,horizon,rank", [("cp", 2, 3), ("mps", 2, 2), ("multihead", 2, 1), ("medusa", 2, 1)])
 def test_sampling_frequencies_match_joint(name, horizon, rank):
     head = build(name, horizon, rank)
     h = torch.randn(1, D)

@@ -8,12 +8,22 @@ from tjdnet.checks import check_int
 from tjdnet.heads.base import HeadConfig, JointHead
 from tjdnet.heads.block import BlockDistribution
 from tjdnet.heads.cp import CPHead
+from tjdnet.heads.eagle import EagleHead
+from tjdnet.heads.medusa import MedusaHead
 from tjdnet.heads.mps import MPSHead
 from tjdnet.heads.multihead import MultiHead
 from tjdnet.heads.stp import STPHead
 
-HEADS: dict[str, type[JointHead]] = {"stp": STPHead, "multihead": MultiHead, "cp": CPHead, "mps": MPSHead}
-FIXED_RANK_ONE = ("stp", "multihead")
+HEADS: dict[str, type[JointHead]] = {
+    "stp": STPHead,
+    "multihead": MultiHead,
+    "cp": CPHead,
+    "mps": MPSHead,
+    "medusa": MedusaHead,
+    "eagle": EagleHead,
+}
+FIXED_RANK_ONE = ("stp", "multihead", "medusa", "eagle")
+TOKEN_CONDITIONABLE = ("multihead", "cp", "mps")  # eagle reads every drafted token by construction
 
 
 def validate_head_config(config: HeadConfig) -> None:
@@ -33,7 +43,7 @@ def check_head_settings(name: str, horizon: int, rank: int, hidden_dim: int, tok
         raise ValueError(f"horizon={horizon} is not allowed for the stp head; stp has horizon 1")
     if name in FIXED_RANK_ONE and rank != 1:
         raise ValueError(f"rank={rank} is not allowed for the {name} head; it has rank 1")
-    if token_conditioned and (name == "stp" or horizon < 2):
+    if token_conditioned and (name not in TOKEN_CONDITIONABLE or horizon < 2):
         raise ValueError(
             f"token_conditioned is not allowed for {name} with horizon={horizon}; "
             "it needs a multihead, cp or mps head with horizon >= 2"
@@ -50,6 +60,7 @@ def make_head(config: HeadConfig, unembedding: nn.Module, embedding: nn.Module |
 
 
 __all__ = [
+    "FIXED_RANK_ONE",
     "HEADS",
     "BlockDistribution",
     "HeadConfig",

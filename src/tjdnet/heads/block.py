@@ -17,8 +17,55 @@ from tjdnet.tensorops.logspace import (
 )
 
 
+class SequentialDraft:
+    """Drafting by position for any block distribution with a left-to-right state ("message").
+
+    Subclasses provide ``start()``, ``conditional(message, k)`` (log q over their emission vocabulary),
+    ``observe(message, k, tokens)``, ``token_ids(index)``, ``horizon``, ``vocab`` (a DraftVocab or None),
+    ``batch_size`` and ``emission_size``.
+    """
+
+    vocab: DraftVocab | None
+
+    def draft(
+        self,
+        config: SamplingConfig,
+        prefix: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        length: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Choose the rest of the block position by position, conditioned on a given prefix.
+
+        Greedy picks the sequential conditional argmax; sampling is ancestral within the block.
+
+        Args:
+            prefix: (B, P) tokens already fixed at positions 0..P-1 (e.g. the verifier's own token).
+            length: how many tokens to choose after the prefix (default: up to the horizon).
+        Returns:
+            tokens (B, L) and their processed draft log-distributions (B, L, V), over the whole vocabulary.
+        """
+        message = self.start()
+        fixed = 0 if prefix is None else prefix.shape[1]
+        end = self.horizon if length is None else min(self.horizon, fixed + length)
+        for k in range(fixed):
+            message = self.observe(message, k, prefix[:, k])
+        tokens, dists = [], []
+        for k in range(fixed, end):
+            log_q = process_log_probs(self.conditional(message, k), config)
+            token = self.token_ids(choose_tokens(log_q, config, generator))
+            tokens.append(token)
+            dists.append(log_q if self.vocab is None else self.vocab.expand(log_q))
+            if k < end - 1:
+                message = self.observe(message, k, token)
+        if not tokens:
+            vocab = self.emission_size if self.vocab is None else self.vocab.vocab_size
+            empty = torch.zeros(self.batch_size, 0, vocab, device=message.device)
+            return torch.zeros(self.batch_size, 0, dtype=torch.long, device=message.device), empty
+        return torch.stack(tokens, dim=1), torch.stack(dists, dim=1)
+
+
 @dataclass
-class BlockDistribution:
+class BlockDistribution(SequentialDraft):
     """p(y_1..y_H | h) for a batch of hidden states, with all vocabulary log-probs materialised.
 
     Attributes:
@@ -80,39 +127,10 @@ class BlockDistribution:
         """View a per-row tensor (B, R, ...) as (B, 1.., R, ...) to broadcast against messages (B, ..., R)."""
         return x.view(x.shape[0], *([1] * (message.dim() - 2)), *x.shape[1:])
 
-    def draft(
-        self,
-        config: SamplingConfig,
-        prefix: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-        length: int | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Choose the rest of the block position by position, conditioned on a given prefix.
+    @property
+    def batch_size(self) -> int:
+        return self.log_emit.shape[0]
 
-        Greedy picks the sequential conditional argmax; sampling is ancestral within the block.
-
-        Args:
-            prefix: (B, P) tokens already fixed at positions 0..P-1 (e.g. the verifier's own token).
-            length: how many tokens to choose after the prefix (default: up to the horizon).
-        Returns:
-            tokens (B, L) and their processed draft log-distributions (B, L, V), over the whole vocabulary.
-        """
-        message = self.start()
-        fixed = 0 if prefix is None else prefix.shape[1]
-        end = self.horizon if length is None else min(self.horizon, fixed + length)
-        for k in range(fixed):
-            message = self.observe(message, k, prefix[:, k])
-        tokens, dists = [], []
-        for k in range(fixed, end):
-            log_q = process_log_probs(self.conditional(message, k), config)
-            token = self.token_ids(choose_tokens(log_q, config, generator))
-            tokens.append(token)
-            dists.append(log_q if self.vocab is None else self.vocab.expand(log_q))
-            if k < end - 1:
-                message = self.observe(message, k, token)
-        batch = self.log_emit.shape[0]
-        vocab = self.log_emit.shape[-1] if self.vocab is None else self.vocab.vocab_size
-        if not tokens:
-            empty = self.log_emit.new_zeros(batch, 0, vocab)
-            return torch.zeros(batch, 0, dtype=torch.long, device=empty.device), empty
-        return torch.stack(tokens, dim=1), torch.stack(dists, dim=1)
+    @property
+    def emission_size(self) -> int:
+        return self.log_emit.shape[-1]

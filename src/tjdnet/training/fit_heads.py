@@ -1,0 +1,200 @@
+"""``tjdnet fit-heads``: train one or more draft heads on the same data, each saved with ``save_pretrained``.
+
+The backbone is frozen (``head`` mode), so its hidden states over the data are computed once and every head is
+trained on exactly the same answer positions in the same order for the same steps
+(:mod:`tjdnet.training.head_features`): the fair way to compare heads, and much cheaper than a backbone pass per
+step. With ``--draft_vocab S`` each head drafts from (and is trained in) the S tokens most frequent in the answers.
+
+    tjdnet distill --out data/distilled.jsonl --chat_prompts 1024
+    tjdnet fit-heads --data data/distilled.jsonl --heads eagle:1:4,mps:2:4:tc,medusa:1:4 --out_dir heads
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tjdnet.checks import check_int
+from tjdnet.commands.options import parse_call
+from tjdnet.data import answer_tokens, encode_example, load_examples
+from tjdnet.files import write_json
+from tjdnet.heads import check_head_settings
+from tjdnet.heads.vocab import check_draft_vocab_size, frequent_tokens
+from tjdnet.loading import DTYPES
+from tjdnet.machine import machine_info
+from tjdnet.model import TJDConfig, TJDModel
+from tjdnet.training.head_features import collect_features, evaluate_head, fit_head
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """One head to train, written ``head:rank:horizon[:tc][:w<width>]`` (e.g. ``eagle:1:4:w1024``, ``mps:2:4:tc``)."""
+
+    head: str
+    rank: int
+    horizon: int
+    token_conditioned: bool
+    hidden_dim: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.head}_r{self.rank}_h{self.horizon}" + ("_tc" if self.token_conditioned else "")
+
+
+def parse_head_specs(value: str, hidden_dim: int) -> list[HeadSpec]:
+    """``--heads`` as HeadSpecs (``hidden_dim`` unless an item gives ``w<width>``); one-line error on a bad item."""
+    specs = []
+    for item in value.split(","):
+        parts = item.strip().split(":")
+        extras = parts[3:]
+        widths = [p[1:] for p in extras if p.startswith("w")]
+        well_formed = (
+            len(parts) >= 3
+            and parts[1].isdigit()
+            and parts[2].isdigit()
+            and all(p == "tc" or (p.startswith("w") and p[1:].isdigit()) for p in extras)
+            and len(widths) <= 1
+        )
+        if not well_formed:
+            raise ValueError(f"--heads item {item!r} is not head:rank:horizon[:tc][:w<width>] (e.g. eagle:1:4)")
+        width = int(widths[0]) if widths else hidden_dim
+        spec = HeadSpec(parts[0], int(parts[1]), int(parts[2]), "tc" in extras, width)
+        check_head_settings(spec.head, spec.horizon, spec.rank, spec.hidden_dim, spec.token_conditioned)
+        specs.append(spec)
+    if len({s.name for s in specs}) != len(specs):
+        raise ValueError(f"--heads {value!r} names a head twice")
+    return specs
+
+
+def run_fit_heads(
+    data: str,
+    heads: str = "eagle:1:4",
+    out_dir: str = "heads",
+    model: str = "smollm2-135m",
+    dataset: str = "jsonl",
+    steps: int = 2000,
+    batch_positions: int = 256,
+    lr: float = 3e-3,
+    hidden_dim: int = 256,
+    draft_vocab: int | None = 8192,
+    seq_len: int = 512,
+    held_out: int = 512,
+    feature_dtype: str = "bfloat16",
+    seed: int = 0,
+    num_threads: int | None = None,
+) -> dict:
+    """Train every head of ``heads`` on ``data``; save each to ``out_dir/<name>`` and report held-out NLLs.
+
+    Args:
+        data: training data: the JSONL file ``tjdnet distill`` wrote (or a directory / file of ``dataset``).
+        heads: comma-separated ``head:rank:horizon[:tc][:w<width>]`` (heads: stp, multihead, cp, mps, medusa,
+            eagle; ``tc``: token-conditioned; ``w``: adapter / MLP width, default ``hidden_dim``).
+        out_dir: where each head's save_pretrained directory goes.
+        model: the frozen base model (the one the data was distilled from).
+        dataset: how ``data`` is read (jsonl, gsm8k, sharegpt, ...); its train split is used.
+        steps: optimiser steps per head.
+        batch_positions: answer positions per step.
+        lr: peak AdamW learning rate (warm-up, then cosine decay).
+        hidden_dim: default width of each head's adapters (eagle: of its MLP).
+        draft_vocab: draft from the S most frequent answer tokens (None: the whole vocabulary).
+        seq_len: longest training row in tokens.
+        held_out: positions kept out of training for the held-out NLL.
+        feature_dtype: of the backbone while it computes the features (the heads train in float32).
+        seed: seed of the held-out split, the initialisation and the order of positions.
+        num_threads: torch CPU threads.
+    """
+    specs = parse_head_specs(heads, hidden_dim)
+    for name, value in (("steps", steps), ("batch_positions", batch_positions), ("seq_len", seq_len)):
+        check_int(name, value)
+    check_int("held_out", held_out, 0)
+    if feature_dtype not in DTYPES:
+        raise ValueError(f"feature_dtype={feature_dtype!r} is not allowed; use one of {', '.join(DTYPES)}")
+    if not isinstance(lr, int | float) or lr <= 0:
+        raise ValueError(f"lr={lr!r} is not allowed; use a number > 0")
+    if not Path(data).expanduser().exists():
+        raise FileNotFoundError(f"--data {data} does not exist")
+    if num_threads is not None:
+        check_int("num_threads", num_threads)
+        torch.set_num_threads(num_threads)
+    examples = load_examples(dataset, "train", data, seed=seed)
+    if not examples:
+        raise ValueError(f"{data} holds no training examples")
+
+    start = time.perf_counter()
+    backbone, tokenizer = TJDModel.from_base(model, dtype=feature_dtype, model_head="stp", train_mode="head")
+    rows = [encode_example(tokenizer, e, seq_len) for e in examples]
+    features = collect_features(backbone.eval(), rows, max(s.horizon for s in specs), tokenizer.pad_token_id)
+    if held_out >= len(features):
+        raise ValueError(f"held_out={held_out} leaves no training positions; the data has {len(features)}")
+    train, evaluation = features.split(held_out, seed)
+    features_s = time.perf_counter() - start
+    logger.info("%d answer positions (%d held out) in %.0f s", len(features), len(evaluation), features_s)
+    del backbone
+    vocab_ids = None
+    lm, _ = TJDModel.from_base(model, dtype="float32", model_head="stp", train_mode="head")
+    if draft_vocab is not None:
+        check_draft_vocab_size(draft_vocab, lm.vocab_size, "draft_vocab")
+        answers = [answer_tokens(r) for r in rows]
+        vocab_ids = frequent_tokens(answers, draft_vocab, lm.vocab_size, keep=[tokenizer.eos_token_id])
+
+    report = {}
+    for spec in specs:
+        config = TJDConfig(
+            model=model,
+            model_head=spec.head,
+            horizon=spec.horizon,
+            rank=spec.rank,
+            hidden_dim=spec.hidden_dim,
+            train_mode="head",
+            token_conditioned=spec.token_conditioned,
+            loss_mode="draft",
+            draft_vocab_size=draft_vocab,
+        )
+        torch.manual_seed(seed)
+        head_model = TJDModel(lm.lm, config)
+        head_model.head.set_draft_vocab(vocab_ids)
+        in_draft = vocab_ids is not None
+        before = evaluate_head(head_model, evaluation, draft=in_draft)
+        t0 = time.perf_counter()
+        losses = fit_head(head_model, train, steps, batch_positions, lr, seed=seed, draft=in_draft)
+        fit_s = time.perf_counter() - t0
+        after = evaluate_head(head_model, evaluation, draft=in_draft)
+        directory = Path(out_dir) / spec.name
+        head_model.save_pretrained(directory, tokenizer)
+        report[spec.name] = {
+            **vars(spec),
+            "parameters": head_model.head.num_parameters(),
+            "held_out_nll_before": before,
+            "held_out_nll_after": after,
+            "train_loss_last": losses[-1],
+            "fit_s": round(fit_s, 1),
+            "directory": str(directory),
+        }
+        write_json(directory / "training.json", report[spec.name])
+        print(f"{spec.name}: held-out NLL/token {before:.3f} -> {after:.3f} in {fit_s:.0f} s, saved to {directory}")
+    summary = {
+        "data": data,
+        "model": model,
+        "examples": len(examples),
+        "positions": len(features),
+        "held_out": len(evaluation),
+        "steps": steps,
+        "batch_positions": batch_positions,
+        "lr": lr,
+        "draft_vocab": draft_vocab,
+        "features_s": round(features_s, 1),
+        "machine": machine_info(),
+        "heads": report,
+    }
+    write_json(Path(out_dir) / "fit_heads.json", summary)
+    return summary
+
+
+def run_fit_heads_cli(args: list[str]) -> dict:
+    return parse_call(run_fit_heads, args, "tjdnet fit-heads", "Train draft heads on the same cached features.")

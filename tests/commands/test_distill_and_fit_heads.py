@@ -1,0 +1,129 @@
+"""``tjdnet distill`` and ``tjdnet fit-heads`` on a tiny model: cached, resumable, refusing bad input in one line,
+and the heads they train decode losslessly."""
+
+import json
+
+import pytest
+import torch
+
+from tjdnet.checkpoints import load_trained
+from tjdnet.cli import main
+from tjdnet.commands import distill as distill_command
+from tjdnet.commands.distill import run_distill
+from tjdnet.training.fit_heads import parse_head_specs, run_fit_heads
+
+
+def distill(tiny_model_dir, tmp_path, **kwargs):
+    options = dict(
+        model=tiny_model_dir, source="stemp", num_questions=6, max_new_tokens=8, batch_size=4, dtype="float32"
+    )
+    return run_distill(str(tmp_path / "d.jsonl"), cache_dir=str(tmp_path / "cache"), **{**options, **kwargs})
+
+
+def rows(path):
+    return [json.loads(line) for line in open(path, encoding="utf-8")]
+
+
+class CountingAnswerer:
+    """Wraps the real teacher; counts its batches and can fail at the n-th one (a killed run)."""
+
+    def __init__(self, fail_at: int | None = None):
+        self.batches, self.fail_at = 0, fail_at
+
+    def __call__(self, *args, **kwargs):
+        answer = distill_command_answerer(*args, **kwargs)
+
+        def counted(questions):
+            if self.fail_at is not None and self.batches == self.fail_at:
+                raise KeyboardInterrupt
+            self.batches += 1
+            return answer(questions)
+
+        return counted
+
+
+distill_command_answerer = distill_command.base_model_answerer
+
+
+def test_distill_writes_the_models_answers_and_reads_them_back_from_its_cache(tiny_model_dir, tmp_path, monkeypatch):
+    counter = CountingAnswerer()
+    monkeypatch.setattr(distill_command, "base_model_answerer", counter)
+    summary = distill(tiny_model_dir, tmp_path)
+    written = rows(tmp_path / "d.jsonl")
+    assert summary["rows"] == len(written) == 6 and counter.batches == 2
+    assert all(set(r) == {"question", "answer"} and isinstance(r["answer"], str) for r in written)
+    assert json.loads((tmp_path / "d.jsonl.json").read_text())["rows"] == 6
+    distill(tiny_model_dir, tmp_path)  # the same settings: read back, nothing generated
+    assert counter.batches == 2 and rows(tmp_path / "d.jsonl") == written
+    distill(tiny_model_dir, tmp_path, max_new_tokens=4)  # any other setting is another cache entry
+    assert counter.batches == 4
+    assert len(list((tmp_path / "cache").glob("selfdistill-*.jsonl"))) == 2
+
+
+def test_an_interrupted_distillation_resumes_after_the_last_whole_batch(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(distill_command, "base_model_answerer", CountingAnswerer(fail_at=1))
+    with pytest.raises(KeyboardInterrupt):
+        distill(tiny_model_dir, tmp_path)
+    assert not (tmp_path / "d.jsonl").exists()
+    counter = CountingAnswerer()
+    monkeypatch.setattr(distill_command, "base_model_answerer", counter)
+    distill(tiny_model_dir, tmp_path)
+    assert counter.batches == 1  # the first batch of 4 came from the partial cache
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    distill(tiny_model_dir, fresh)
+    assert rows(tmp_path / "d.jsonl") == rows(fresh / "d.jsonl")
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--source", "none"], "nothing to distil"),
+        (["--source", "wikipedia"], "unknown dataset 'wikipedia'"),
+        (["--source", "none", "--chat_prompts", "4"], "chat template"),
+        (["--source", "jsonl"], "needs a path"),
+        (["--batch_size", "0"], "batch_size=0"),
+        (["--dtype", "float8"], "dtype='float8'"),
+    ],
+)
+def test_bad_distill_inputs_are_one_line_errors(tiny_model_dir, tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["distill", "--out", str(tmp_path / "x.jsonl"), "--model", tiny_model_dir, "--num_questions", "2", *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and err[-1].startswith("tjdnet: error:") and message in err[-1]
+    assert "Traceback" not in "\n".join(err) and not (tmp_path / "x.jsonl").exists()
+
+
+def test_fit_heads_trains_every_head_on_the_same_data_and_each_decodes_losslessly(tiny_model_dir, tmp_path):
+    distill(tiny_model_dir, tmp_path, num_questions=24, max_new_tokens=16)
+    torch.manual_seed(0)
+    summary = run_fit_heads(
+        str(tmp_path / "d.jsonl"), heads="eagle:1:3:w16,medusa:1:3,mps:2:3:tc", out_dir=str(tmp_path / "heads"),
+        model=tiny_model_dir, steps=4, batch_positions=16, hidden_dim=8, draft_vocab=40, held_out=8,
+        feature_dtype="float32",
+    )  # fmt: skip
+    assert set(summary["heads"]) == {"eagle_r1_h3", "medusa_r1_h3", "mps_r2_h3_tc"}
+    prompts = torch.tensor([[5, 17, 33, 8, 9]])
+    for name, info in summary["heads"].items():
+        assert info["held_out_nll_after"] < info["held_out_nll_before"], name
+        trained = load_trained(tmp_path / "heads" / name)
+        assert trained.model.head.draft_vocab is not None and trained.model.head.draft_vocab.size == 40
+        ar = trained.model.generate(prompts, gen_mode="ar", max_new_tokens=12)
+        for kwargs in ({}, {"tree_nodes": 5}):
+            spec = trained.model.generate(prompts, gen_mode="speculative", max_new_tokens=12, **kwargs)
+            assert spec.new_tokens == ar.new_tokens, (name, kwargs)
+
+
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        ("eagle:1", "is not head:rank:horizon"),
+        ("eagle:1:4:wide", "is not head:rank:horizon"),
+        ("eagle:2:4", "rank=2 is not allowed for the eagle head"),
+        ("tucker:1:4", "unknown head 'tucker'"),
+        ("cp:2:4,cp:2:4", "names a head twice"),
+    ],
+)
+def test_bad_head_specs(value, message):
+    with pytest.raises(ValueError, match=message):
+        parse_head_specs(value, 64)
