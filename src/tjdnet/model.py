@@ -339,20 +339,30 @@ class TJDModel(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | os.PathLike, dtype: str | torch.dtype = "float32", device: str = "cpu"
+        cls,
+        name_or_path: str | os.PathLike,
+        dtype: str | torch.dtype = "float32",
+        device: str = "cpu",
+        base: nn.Module | None = None,
     ) -> TJDModel:
         """Rebuild a saved TJDModel: its base model (named in the config) with the saved weights on top.
 
         Args:
             name_or_path: a directory written by :meth:`save_pretrained`, or a Hub repository id holding one
                 (downloaded when online or found in the HF cache).
+            base: an already loaded base model to put the head on (shared, not copied; ``dtype`` and ``device``
+                are then its own), e.g. to compare several heads on one backbone. Only a head trained in
+                ``head`` mode can share one: LoRA or fully fine-tuned weights would change it.
         Returns:
             the model, in eval mode. Its tokenizer: ``AutoTokenizer.from_pretrained(directory)`` when it was
             saved with the head, else that of the base model (:func:`tjdnet.loading.load_tokenizer`).
         """
         directory = head_directory(name_or_path)
         config = TJDConfig.from_json(read_json(directory / CONFIG_FILE))
-        lm, _ = load_causal_lm(config.model, dtype=dtype, device=device)
+        if base is not None and config.train_mode != "head":
+            raise ValueError(f"{directory} was trained with train_mode={config.train_mode}; it cannot share a backbone")
+        lm = base if base is not None else load_causal_lm(config.model, dtype=dtype, device=device)[0]
+        device = next(lm.parameters()).device
         model = cls(lm, config).to(device)
         base_file = directory / BASE_FILE
         check_base(read_json(base_file) if base_file.is_file() else None, model.base_fingerprint, str(directory))

@@ -9,7 +9,9 @@ import torch
 from tjdnet.checkpoints import load_trained
 from tjdnet.cli import main
 from tjdnet.commands import distill as distill_command
+from tjdnet.commands.bench import run_bench
 from tjdnet.commands.distill import run_distill
+from tjdnet.model import TJDModel
 from tjdnet.training.fit_heads import parse_head_specs, run_fit_heads
 
 
@@ -112,6 +114,29 @@ def test_fit_heads_trains_every_head_on_the_same_data_and_each_decodes_losslessl
         for kwargs in ({}, {"tree_nodes": 5}):
             spec = trained.model.generate(prompts, gen_mode="speculative", max_new_tokens=12, **kwargs)
             assert spec.new_tokens == ar.new_tokens, (name, kwargs)
+    heads = tmp_path / "heads"
+    payload = run_bench(
+        ckpt_path=str(heads / "eagle_r1_h3"), compare=f"{heads / 'medusa_r1_h3'},{heads / 'mps_r2_h3_tc'}",
+        gen_modes="ar,speculative,speculative_tree", num_prompts=2, repeats=1, warmup=0, max_new_tokens=8,
+        data={"dataset": "stemp"}, out=str(tmp_path / "bench.json"),
+    )  # fmt: skip
+    names = {"ar", "speculative", "speculative_tree", "speculative@medusa_r1_h3", "speculative_tree@mps_r2_h3_tc"}
+    assert names <= set(payload["results"])
+    assert all(r["identical_to_ar"] == 1.0 for r in payload["results"].values())
+
+
+def test_compare_refuses_a_head_that_changed_its_backbone(tiny_model_dir, tmp_path):
+    lora, tokenizer = TJDModel.from_base(tiny_model_dir, model_head="cp", horizon=2, train_mode="lora")
+    lora.save_pretrained(tmp_path / "lora", tokenizer)
+    head, _ = TJDModel.from_base(tiny_model_dir, model_head="cp", horizon=2, train_mode="head")
+    head.save_pretrained(tmp_path / "head", tokenizer)
+    options = dict(data={"dataset": "stemp"}, num_prompts=1, out=str(tmp_path / "b.json"))
+    with pytest.raises(ValueError, match="train_mode=lora; it cannot share a backbone"):
+        run_bench(ckpt_path=str(tmp_path / "head"), compare=str(tmp_path / "lora"), **options)
+    with pytest.raises(ValueError, match="needs --ckpt_path"):
+        run_bench(model=tiny_model_dir, compare=str(tmp_path / "head"), **options)
+    with pytest.raises(ValueError, match="a directory name of its own"):
+        run_bench(ckpt_path=str(tmp_path / "head"), compare=str(tmp_path / "head"), **options)
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 
 import torch
 
@@ -25,6 +26,7 @@ from tjdnet.decoding import NAMED_MODES, TREE_MODE
 from tjdnet.evaluation import HF_MODES, format_table, hf_generator, run_modes
 from tjdnet.files import check_writable
 from tjdnet.machine import machine_info
+from tjdnet.model import TJDModel
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,7 @@ def run_bench(
     seed: int = 0,
     out: str | None = None,
     data: DataChoice | dict | None = None,
+    compare: str | None = None,
     **options,
 ) -> dict:
     """Benchmark decoding modes on ``num_prompts`` test prompts; returns the JSON payload (also written to ``out``).
@@ -81,6 +84,9 @@ def run_bench(
         seed: seed of the prompt sample and of torch.
         out: JSON path (default: bench_results.json, an earlier one kept as bench_results.<k>.json).
         data: which prompts (default: the test split of the checkpoint's dataset; stemp for a base model).
+        compare: comma-separated save_pretrained directories of more heads (``head`` mode) on the same base
+            model, decoded on the same backbone, interleaved per prompt: their head modes appear as
+            ``<mode>@<directory name>``.
         **options: the fields of :class:`~tjdnet.commands.options.DecodingOptions`.
     """
     decoding = DecodingOptions(**options)
@@ -98,6 +104,11 @@ def run_bench(
     if choice.get("dataset") is not None and choice["dataset"] not in DATASETS:
         raise ValueError(f"unknown dataset {choice['dataset']!r}; allowed: {', '.join(DATASETS)}")
     out_path = check_writable(out if out is not None else RESULTS_FILE)
+    others = [Path(c) for c in compare.split(",")] if compare else []
+    if others and ckpt_path is None:
+        raise ValueError("--compare needs --ckpt_path: the heads are compared on its backbone")
+    if len({p.name for p in others} | {Path(ckpt_path or "").name}) != len(others) + 1:
+        raise ValueError(f"--compare {compare!r}: every head needs a directory name of its own")
     decoding.apply_threads()
     torch.manual_seed(seed)
     tjd, tokenizer, description, trained = load_for_decoding(ckpt_path, model, decoding.dtype, device=decoding.device)
@@ -121,6 +132,11 @@ def run_bench(
         else partial(ours, **decoding.generate_kwargs(m))
         for m in modes
     }
+    for directory in others:
+        other = TJDModel.from_pretrained(directory, base=tjd.lm)
+        decode = partial(other.generate, eos_token_id=eos, pad_token_id=pad)
+        for m in (m for m in modes if m in HEAD_MODES):
+            generators[f"{m}@{directory.name}"] = partial(decode, **decoding.generate_kwargs(m))
     logger.info("benchmarking %s on %d %s/%s prompts", ", ".join(modes), len(examples), dataset, split)
     evaluation = run_modes(
         generators,
@@ -148,6 +164,7 @@ def run_bench(
             "out": str(out_path),
             **vars(decoding),
             "data": {**choice, "dataset": dataset, "path": path},
+            "compare": [str(p) for p in others],
         },
         "dtype": str(tjd.lm.dtype).removeprefix("torch."),
         # our modes' attention (tjdnet.attention; transformers' generate keeps the model's own kernel)
