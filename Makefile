@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 OFFLINE := HF_HUB_OFFLINE=1
 
-.PHONY: venv main test test-fast lint gpu-check bigmodel seed-check
+.PHONY: venv main test test-fast lint gpu-check bigmodel seed-check pretrained
 
 venv: $(VENV)/.stamp
 
@@ -29,6 +29,15 @@ main: venv
 # ---- the seed's sanity check: cp, R=2, H=2; draft decoding against ar on stemp (configs/seed_check.yaml) ----
 seed-check: venv
 	$(OFFLINE) $(BIN)/tjdnet fit --config configs/seed_check.yaml
+
+# ---- the shipped head (pretrained/): self-distilled GSM8K + chat data, then an eagle drafter on it (~2 h) ----
+DATA ?= ../shared/data
+DISTILLED := experiments/distilled/smollm2-135m-gsm8k-chat.jsonl
+pretrained: venv
+	$(OFFLINE) $(BIN)/tjdnet distill --out $(DISTILLED) --source gsm8k --path $(DATA)/gsm8k --num_questions 1024 \
+		--chat_prompts 1024 --opener_prompts 1024 --max_new_tokens 128 --batch_size 32 --dtype bfloat16
+	$(OFFLINE) $(BIN)/tjdnet fit-heads --data $(DISTILLED) --heads eagle:1:5:w1024 --steps 1200 \
+		--batch_positions 256 --draft_vocab 8192 --out_dir pretrained --prefix smollm2-135m-
 
 lint: venv
 	$(OFFLINE) $(BIN)/ruff check src tests benchmarks

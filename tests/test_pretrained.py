@@ -12,7 +12,8 @@ from tjdnet.data import Example, load_examples
 from tjdnet.files import read_json
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = sorted(p for p in (ROOT / "pretrained").iterdir() if (p / "tjdnet_config.json").is_file())
+PRETRAINED = ROOT / "pretrained"
+SHIPPED = sorted(p for p in PRETRAINED.glob("*") if (p / "tjdnet_config.json").is_file())
 GSM8K = ROOT.parent / "shared" / "data" / "gsm8k"
 MAX_MIB = 20
 

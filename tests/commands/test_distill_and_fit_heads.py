@@ -100,7 +100,7 @@ def test_fit_heads_trains_every_head_on_the_same_data_and_each_decodes_losslessl
     distill(tiny_model_dir, tmp_path, num_questions=24, max_new_tokens=16)
     torch.manual_seed(0)
     summary = run_fit_heads(
-        str(tmp_path / "d.jsonl"), heads="eagle:1:3:w16,medusa:1:3,mps:2:3:tc", out_dir=str(tmp_path / "heads"),
+        str(tmp_path / "d.jsonl"), heads="eagle:1:3:w16:lr1e-2,medusa:1:3,mps:2:3:tc", out_dir=str(tmp_path / "heads"),
         model=tiny_model_dir, steps=4, batch_positions=16, hidden_dim=8, draft_vocab=40, held_out=8,
         feature_dtype="float32",
     )  # fmt: skip
@@ -144,11 +144,14 @@ def test_compare_refuses_a_head_that_changed_its_backbone(tiny_model_dir, tmp_pa
     [
         ("eagle:1", "is not head:rank:horizon"),
         ("eagle:1:4:wide", "is not head:rank:horizon"),
+        ("eagle:1:4:lrfast", "is not head:rank:horizon"),
+        ("eagle:1:4:lr-1", "is not head:rank:horizon"),
         ("eagle:2:4", "rank=2 is not allowed for the eagle head"),
         ("tucker:1:4", "unknown head 'tucker'"),
         ("cp:2:4,cp:2:4", "names a head twice"),
     ],
 )
 def test_bad_head_specs(value, message):
+    assert parse_head_specs("eagle:1:4:lr5e-4:w32", 64, 1e-3)[0].lr == 5e-4
     with pytest.raises(ValueError, match=message):
-        parse_head_specs(value, 64)
+        parse_head_specs(value, 64, 1e-3)

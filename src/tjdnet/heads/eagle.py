@@ -69,10 +69,8 @@ class EagleHead(JointHead):
         e = self.embedding(tokens).to(dtype)
         u = self.fuse(torch.cat([rms_norm(f), rms_norm(e)], dim=-1)) + self.position[k]
         inputs = torch.cat([inputs, u], dim=-1)
-        seq = inputs.unflatten(-1, (-1, d))  # (..., j + 1, D)
-        q = self.qkv(rms_norm(u))[..., :d].unflatten(-1, (self.heads, -1))  # (..., heads, hd)
-        kv = self.qkv(rms_norm(seq))[..., d:].unflatten(-1, (2, self.heads, -1))  # (..., j + 1, 2, heads, hd)
-        keys, values = kv[..., 0, :, :], kv[..., 1, :, :]
+        qkv = self.qkv(rms_norm(inputs.unflatten(-1, (-1, d)))).unflatten(-1, (3, self.heads, -1))
+        q, keys, values = qkv[..., -1, 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]  # (..., [j + 1,] heads, hd)
         scores = torch.einsum("...hc,...jhc->...hj", q, keys) / math.sqrt(q.shape[-1])
         mixed = torch.einsum("...hj,...jhc->...hc", scores.float().softmax(-1).to(dtype), values)
         a = u + self.attn_out(mixed.flatten(-2))

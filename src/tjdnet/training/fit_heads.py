@@ -21,6 +21,7 @@ import torch
 from tjdnet.checks import check_int
 from tjdnet.commands.options import parse_call
 from tjdnet.data import answer_tokens, encode_example, load_examples
+from tjdnet.data.sources import read_qa_jsonl
 from tjdnet.files import write_json
 from tjdnet.heads import check_head_settings
 from tjdnet.heads.vocab import check_draft_vocab_size, frequent_tokens
@@ -34,37 +35,40 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class HeadSpec:
-    """One head to train, written ``head:rank:horizon[:tc][:w<width>]`` (e.g. ``eagle:1:4:w1024``, ``mps:2:4:tc``)."""
+    """One head to train, written ``head:rank:horizon[:tc][:w<width>][:lr<rate>]`` (e.g. ``eagle:1:4:w1024:lr1e-3``,
+    ``mps:2:4:tc``)."""
 
     head: str
     rank: int
     horizon: int
     token_conditioned: bool
     hidden_dim: int
+    lr: float
 
     @property
     def name(self) -> str:
         return f"{self.head}_r{self.rank}_h{self.horizon}" + ("_tc" if self.token_conditioned else "")
 
 
-def parse_head_specs(value: str, hidden_dim: int) -> list[HeadSpec]:
-    """``--heads`` as HeadSpecs (``hidden_dim`` unless an item gives ``w<width>``); one-line error on a bad item."""
+def parse_head_specs(value: str, hidden_dim: int, lr: float) -> list[HeadSpec]:
+    """``--heads`` as HeadSpecs (``hidden_dim`` and ``lr`` unless an item gives its own); one-line error on a bad
+    item."""
     specs = []
     for item in value.split(","):
         parts = item.strip().split(":")
-        extras = parts[3:]
-        widths = [p[1:] for p in extras if p.startswith("w")]
-        well_formed = (
-            len(parts) >= 3
-            and parts[1].isdigit()
-            and parts[2].isdigit()
-            and all(p == "tc" or (p.startswith("w") and p[1:].isdigit()) for p in extras)
-            and len(widths) <= 1
-        )
-        if not well_formed:
-            raise ValueError(f"--heads item {item!r} is not head:rank:horizon[:tc][:w<width>] (e.g. eagle:1:4)")
-        width = int(widths[0]) if widths else hidden_dim
-        spec = HeadSpec(parts[0], int(parts[1]), int(parts[2]), "tc" in extras, width)
+        options = {"tc": False, "w": hidden_dim, "lr": lr}
+        well_formed = len(parts) >= 3 and parts[1].isdigit() and parts[2].isdigit()
+        for extra in parts[3:]:
+            key = "tc" if extra == "tc" else "lr" if extra.startswith("lr") else "w" if extra.startswith("w") else None
+            try:
+                options[key] = True if key == "tc" else int(extra[1:]) if key == "w" else float(extra[2:])
+            except (KeyError, ValueError):
+                well_formed = False
+        if not well_formed or options["lr"] <= 0:
+            raise ValueError(
+                f"--heads item {item!r} is not head:rank:horizon[:tc][:w<width>][:lr<rate>] (e.g. eagle:1:4:lr1e-3)"
+            )
+        spec = HeadSpec(parts[0], int(parts[1]), int(parts[2]), options["tc"], options["w"], options["lr"])
         check_head_settings(spec.head, spec.horizon, spec.rank, spec.hidden_dim, spec.token_conditioned)
         specs.append(spec)
     if len({s.name for s in specs}) != len(specs):
@@ -76,6 +80,7 @@ def run_fit_heads(
     data: str,
     heads: str = "eagle:1:4",
     out_dir: str = "heads",
+    prefix: str = "",
     model: str = "smollm2-135m",
     dataset: str = "jsonl",
     steps: int = 2000,
@@ -92,15 +97,18 @@ def run_fit_heads(
     """Train every head of ``heads`` on ``data``; save each to ``out_dir/<name>`` and report held-out NLLs.
 
     Args:
-        data: training data: the JSONL file ``tjdnet distill`` wrote (or a directory / file of ``dataset``).
-        heads: comma-separated ``head:rank:horizon[:tc][:w<width>]`` (heads: stp, multihead, cp, mps, medusa,
-            eagle; ``tc``: token-conditioned; ``w``: adapter / MLP width, default ``hidden_dim``).
+        data: training data: the JSONL file ``tjdnet distill`` wrote (all its rows), or a directory or file of
+            ``dataset`` (its train split).
+        heads: comma-separated ``head:rank:horizon[:tc][:w<width>][:lr<rate>]`` (heads: stp, multihead, cp, mps,
+            medusa, eagle; ``tc``: token-conditioned; ``w``: adapter / MLP width, default ``hidden_dim``; ``lr``:
+            its own learning rate, default ``lr``).
         out_dir: where each head's save_pretrained directory goes.
+        prefix: put before each head's directory name (``<prefix><head>_r<rank>_h<horizon>[_tc]``).
         model: the frozen base model (the one the data was distilled from).
         dataset: how ``data`` is read (jsonl, gsm8k, sharegpt, ...); its train split is used.
         steps: optimiser steps per head.
         batch_positions: answer positions per step.
-        lr: peak AdamW learning rate (warm-up, then cosine decay).
+        lr: peak AdamW learning rate (warm-up, then cosine decay) of heads that give none.
         hidden_dim: default width of each head's adapters (eagle: of its MLP).
         draft_vocab: draft from the S most frequent answer tokens (None: the whole vocabulary).
         seq_len: longest training row in tokens.
@@ -109,20 +117,23 @@ def run_fit_heads(
         seed: seed of the held-out split, the initialisation and the order of positions.
         num_threads: torch CPU threads.
     """
-    specs = parse_head_specs(heads, hidden_dim)
+    if not isinstance(lr, int | float) or lr <= 0:
+        raise ValueError(f"lr={lr!r} is not allowed; use a number > 0")
+    specs = parse_head_specs(heads, hidden_dim, lr)
     for name, value in (("steps", steps), ("batch_positions", batch_positions), ("seq_len", seq_len)):
         check_int(name, value)
     check_int("held_out", held_out, 0)
     if feature_dtype not in DTYPES:
         raise ValueError(f"feature_dtype={feature_dtype!r} is not allowed; use one of {', '.join(DTYPES)}")
-    if not isinstance(lr, int | float) or lr <= 0:
-        raise ValueError(f"lr={lr!r} is not allowed; use a number > 0")
     if not Path(data).expanduser().exists():
         raise FileNotFoundError(f"--data {data} does not exist")
     if num_threads is not None:
         check_int("num_threads", num_threads)
         torch.set_num_threads(num_threads)
-    examples = load_examples(dataset, "train", data, seed=seed)
+    if dataset == "jsonl" and Path(data).expanduser().is_file():
+        examples = read_qa_jsonl(Path(data).expanduser())  # all of it: held-out positions measure the fit
+    else:
+        examples = load_examples(dataset, "train", data, seed=seed)
     if not examples:
         raise ValueError(f"{data} holds no training examples")
 
@@ -162,12 +173,12 @@ def run_fit_heads(
         in_draft = vocab_ids is not None
         before = evaluate_head(head_model, evaluation, draft=in_draft)
         t0 = time.perf_counter()
-        losses = fit_head(head_model, train, steps, batch_positions, lr, seed=seed, draft=in_draft)
+        losses = fit_head(head_model, train, steps, batch_positions, spec.lr, seed=seed, draft=in_draft)
         fit_s = time.perf_counter() - t0
         after = evaluate_head(head_model, evaluation, draft=in_draft)
-        directory = Path(out_dir) / spec.name
+        directory = Path(out_dir) / f"{prefix}{spec.name}"
         head_model.save_pretrained(directory, tokenizer)
-        report[spec.name] = {
+        report[directory.name] = {
             **vars(spec),
             "parameters": head_model.head.num_parameters(),
             "held_out_nll_before": before,
@@ -176,7 +187,7 @@ def run_fit_heads(
             "fit_s": round(fit_s, 1),
             "directory": str(directory),
         }
-        write_json(directory / "training.json", report[spec.name])
+        write_json(directory / "training.json", report[directory.name])
         print(f"{spec.name}: held-out NLL/token {before:.3f} -> {after:.3f} in {fit_s:.0f} s, saved to {directory}")
     summary = {
         "data": data,

@@ -63,7 +63,10 @@ def collect_features(
     columns of ``targets``.
     """
     hidden, targets, first = [], [], []
+    started = time.perf_counter()
     for start in range(0, len(rows), batch_size):
+        if start and start % (64 * batch_size) == 0:
+            logger.info("features: %d / %d rows (%.0f s)", start, len(rows), time.perf_counter() - started)
         batch = collate(rows[start : start + batch_size], pad_token_id, padding_side="right")
         h = model.hidden_states(batch["input_ids"], batch["attention_mask"])  # (B, T, D)
         y = block_targets(batch["labels"], horizon)  # (B, T, H)
