@@ -1,5 +1,8 @@
 """The key experiment: joint heads vs independent heads on the embedded model, trained on its own answers.
 
+The product recipe is ``tjdnet distill`` + ``tjdnet fit-heads`` + ``tjdnet bench --compare`` (docs/cli.md); this
+script, which does the same in one process, is kept to reproduce the earlier tables of benchmarks/README.md.
+
 1. Self-distil GSM8K-train questions with the base model (greedy, cached under ``experiments/selfdistill``,
    the same cache ``tjdnet fit --data.dataset selfdistill`` uses); with ``--chat_prompts N``, also N chat
    prompts the model writes itself (``tjdnet.distill.prompts``), answered the same way (``--teacher_dtype

@@ -3,8 +3,9 @@
     python benchmarks/step_cost.py --head DIR [--dtype bfloat16] [--modes ar,speculative,tree8,tree16]
         [--prompts 4] [--max_new_tokens 128] [--threads 2]
 
-Wraps the parts of tjdnet.decoding.generate (backbone pass, next-token head, joint head, tree construction and
-mask, acceptance, KV-cache bookkeeping) with timers and decodes GSM8K dev questions from ../shared/data.
+Wraps the parts of tjdnet.decoding.generate (backbone pass, next-token head, joint head, choosing a chain's
+tokens (for `eagle`: its drafter steps), tree construction and mask, acceptance, KV-cache bookkeeping) with
+timers and decodes GSM8K dev questions from ../shared/data.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 
 from tjdnet.data import Example, encode_prompt
 from tjdnet.decoding import mode_arguments
+from tjdnet.heads.block import SequentialDraft
 from tjdnet.loading import load_tokenizer
 from tjdnet.model import TJDModel
 
@@ -27,6 +29,7 @@ PARTS = {
     "backbone": ("model", "hidden_states"),
     "next_token_head": ("model", "next_token_logits"),
     "joint_head": ("head_class", "forward"),
+    "chain_draft": ("drafts", "draft"),  # choosing the chain's tokens from the head's distribution
     "tree": ("generate", "build_draft_tree"),
     "tree_mask": ("generate", "tree_attention_mask"),
     "accept": ("generate", "greedy_accept"),
@@ -38,6 +41,7 @@ PARTS = {
 
 def instrument(model: TJDModel, totals: dict[str, float]) -> None:
     owners = {"model": model, "head_class": type(model.head), "generate": GENERATE, "rows": GENERATE._Rows}
+    owners["drafts"] = SequentialDraft
     for label, (owner, name) in PARTS.items():
         target = owners[owner]
         inner = getattr(target, name)
