@@ -2,6 +2,7 @@
 and the heads they train decode losslessly."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -155,3 +156,12 @@ def test_bad_head_specs(value, message):
     assert parse_head_specs("eagle:1:4:lr5e-4:w32", 64, 1e-3)[0].lr == 5e-4
     with pytest.raises(ValueError, match=message):
         parse_head_specs(value, 64, 1e-3)
+
+
+def test_distill_answers_the_first_user_turns_of_sharegpt_conversations(tiny_model_dir, tmp_path):
+    sharegpt = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "sharegpt_sample"
+    if not sharegpt.is_dir():
+        pytest.skip("../shared/data/sharegpt_sample is not here")
+    summary = distill(tiny_model_dir, tmp_path, source="sharegpt", path=str(sharegpt), num_questions=3)
+    written = rows(tmp_path / "d.jsonl")
+    assert summary["rows"] == len(written) == 3 and all(r["question"] for r in written)

@@ -58,8 +58,8 @@ def run_distill(
     Args:
         out: the JSONL file to write.
         model: the model to distil (embedded name, hub id or local path).
-        source: dataset whose training questions are answered: gsm8k, jsonl, sharegpt, mt_bench, stemp; none: no
-            dataset questions.
+        source: dataset whose training questions are answered: gsm8k, jsonl, sharegpt (first user turns), stemp;
+            none: no dataset questions.
         path: file or directory of the source (gsm8k: optional).
         num_questions: source questions to use (a seeded subset; default 1024; None: all).
         chat_prompts: prompts the model writes itself in the user's turn (chat models only).
