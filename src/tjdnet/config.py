@@ -53,6 +53,8 @@ class TJDConfig:
         draft_vocab_size: draft from the S most frequent answer tokens of the training data (and EOS) only
             (:mod:`tjdnet.heads.vocab`); the head's loss is then taken over those S tokens. None: the whole
             vocabulary.
+        feature_layers: the head also reads the hidden states after these decoder layers (1 .. layers - 1;
+            EAGLE-3's fused low/mid-level features), fused into its input; empty: the last hidden state only.
     """
 
     model: str = DEFAULT_MODEL
@@ -71,6 +73,7 @@ class TJDConfig:
     use_memory_efficient_loss: bool = False
     token_conditioned: bool = False
     draft_vocab_size: int | None = None
+    feature_layers: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.model_head not in HEADS:
@@ -82,6 +85,11 @@ class TJDConfig:
         if self.lora_alpha is None:
             self.lora_alpha = 2 * self.lora_rank
         self.lora_target_modules = list(self.lora_target_modules)
+        self.feature_layers = list(self.feature_layers)
+        for layer in self.feature_layers:
+            check_int("feature_layers", layer)
+        if len(set(self.feature_layers)) != len(self.feature_layers):
+            raise ValueError(f"feature_layers={self.feature_layers} names a layer twice")
         check_head_settings(self.model_head, self.horizon, self.rank, self.hidden_dim, self.token_conditioned)
         if self.train_mode not in TRAIN_MODES:
             raise ValueError(f"unknown train_mode {self.train_mode!r}; allowed: {', '.join(TRAIN_MODES)}")

@@ -93,6 +93,15 @@ def lora_target_modules(module: nn.Module, last_layers: int | None = None) -> li
     return sorted(name for name in linear if name.startswith(prefixes))
 
 
+def check_feature_layers(layers: list[int], num_layers: int) -> None:
+    """One-line ValueError unless every layer is an intermediate one of a backbone with ``num_layers`` layers."""
+    for layer in layers:
+        if not 1 <= layer < num_layers:
+            raise ValueError(
+                f"feature_layers={layers} is not allowed; this model's intermediate layers are 1..{num_layers - 1}"
+            )
+
+
 def uses_conv1d(module: nn.Module) -> bool:
     """GPT-2 style (in, out) weight layout, which LoRA must know about."""
     return any(isinstance(m, Conv1D) for m in module.modules())
@@ -120,7 +129,9 @@ class TJDModel(nn.Module):
             rank=config.rank,
             hidden_dim=config.hidden_dim,
             token_conditioned=config.token_conditioned,
+            extra_features=len(config.feature_layers),
         )
+        check_feature_layers(config.feature_layers, lm.config.num_hidden_layers)
         head = make_head(self.head_config, unembedding, lm.get_input_embeddings())
         self.head: JointHead = head.to(unembedding.weight.dtype)
         self.next_token = make_head(HeadConfig("stp", hidden_size, vocab_size), unembedding)
@@ -185,14 +196,30 @@ class TJDModel(nn.Module):
         cache=None,
     ) -> torch.Tensor:
         """(B, T, D) last hidden states; ``cache`` (a transformers Cache) is updated in place."""
+        return self.features(input_ids, attention_mask, position_ids, cache)[0]
+
+    def features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache=None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(last hidden states (B, T, D), the head's input (B, T, (1 + n) D)): the head reads the last hidden state
+        followed by the outputs of ``config.feature_layers`` (n of them; the same tensor when n = 0)."""
+        layers = self.config.feature_layers
         out = self.backbone(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             cache=cache,
             use_cache=cache is not None,
+            output_hidden_states=bool(layers),
         )
-        return out.last_hidden_state
+        last = out.last_hidden_state
+        if not layers:
+            return last, last
+        return last, torch.cat([last, *(out.hidden_states[i] for i in layers)], dim=-1)
 
     def next_token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., V) float32 logits of the model's own next-token head."""
@@ -232,14 +259,14 @@ class TJDModel(nn.Module):
             labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
         backbone_frozen = self.config.train_mode == "head"
         with torch.no_grad() if backbone_frozen else contextlib.nullcontext():
-            hidden = self.hidden_states(input_ids, attention_mask)  # (B, T, D)
+            hidden, head_input = self.features(input_ids, attention_mask)  # (B, T, D), (B, T, (1 + n) D)
         targets = block_targets(labels, horizon)  # (B, T, H)
         keep = answer_positions(targets, attention_mask)
         if self.config.use_memory_efficient_loss and horizon > 1:
             phase = int(torch.randint(horizon, (1,)))
             positions = torch.arange(input_ids.shape[1], device=input_ids.device)
             keep &= (positions % horizon == phase)[None]
-        h, y, first = hidden[keep], targets[keep], next_tokens(input_ids)[keep]  # (N, D), (N, H), (N,)
+        h, y, first = head_input[keep], targets[keep], next_tokens(input_ids)[keep]  # (N, (1 + n) D), (N, H), (N,)
         n_tokens = int((y != IGNORE_INDEX).sum())
         # A head that drafts from a subset of the vocabulary learns the distribution it will draft from, at S/V of
         # the cost; `full` mode keeps the loss over the whole vocabulary.

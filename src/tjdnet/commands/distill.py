@@ -9,7 +9,6 @@ one question/answer JSONL file that ``tjdnet fit-heads`` (or ``tjdnet fit --data
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -20,7 +19,14 @@ from tjdnet.checks import check_int
 from tjdnet.commands.options import parse_call
 from tjdnet.data import Conversation, Example, load_examples
 from tjdnet.devices import resolve_device
-from tjdnet.distill import REQUEST_OPENERS, base_model_answerer, distill_settings, sample_user_prompts, self_distill
+from tjdnet.distill import (
+    REQUEST_OPENERS,
+    base_model_answerer,
+    distill_settings,
+    sample_user_prompts,
+    self_distill,
+    write_answers,
+)
 from tjdnet.files import atomic_file, check_writable, write_json
 from tjdnet.loading import DTYPES
 from tjdnet.machine import machine_info
@@ -114,8 +120,7 @@ def run_distill(
             rows += self_distill([Example(p, None) for p in prompts], answer, cache, batch_size, settings)
             counts[kind] = n
     with atomic_file(out_path, "w") as f:
-        for row in rows:
-            f.write(_jsonl_line(row))
+        write_answers(f, [r.question for r in rows], [r.answer for r in rows])
     summary = {
         "out": str(out_path),
         "model": model,
@@ -131,10 +136,6 @@ def run_distill(
     write_json(out_path.with_name(out_path.name + ".json"), summary)
     print(f"{len(rows)} distilled rows written to {out_path} in {summary['seconds']:.0f} s")
     return summary
-
-
-def _jsonl_line(example: Example) -> str:
-    return json.dumps({"question": example.question, "answer": example.answer}, ensure_ascii=False) + "\n"
 
 
 def run_distill_cli(args: list[str]) -> dict:

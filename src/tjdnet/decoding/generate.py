@@ -328,11 +328,11 @@ def generate(
     rows = _Rows([DynamicCache(config=model.lm.config) for _ in range(n_caches)], attention_mask, None)
 
     def forward(tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, last_only: bool = False):
-        """One step: (draft hidden (A, n, D), verifier log-probs (A, n, V)), n = 1 when ``last_only`` (the
-        prefill: no vocabulary product for the prompt's other positions); counts the passes."""
+        """One step: (the head's input (A, n, (1 + f) D), verifier log-probs (A, n, V)), n = 1 when ``last_only``
+        (the prefill: no vocabulary product for the prompt's other positions); counts the passes."""
         keep = slice(-1, None) if last_only else slice(None)
-        hidden = model.hidden_states(tokens, mask, positions, rows.caches[0])[:, keep]
-        verify_hidden = hidden
+        verify_hidden, hidden = model.features(tokens, mask, positions, rows.caches[0])
+        verify_hidden, hidden = verify_hidden[:, keep], hidden[:, keep]
         if verify_with_base:
             with model.adapters_disabled():
                 verify_hidden = model.hidden_states(tokens, mask, positions, rows.caches[1])[:, keep]

@@ -4,7 +4,7 @@
 (adapters off), ``cache`` keeps the answers on disk, keyed by every setting and resumable.
 """
 
-from tjdnet.distill.cache import cache_key, self_distill, with_dtype
+from tjdnet.distill.cache import cache_key, self_distill, with_dtype, write_answers
 from tjdnet.distill.prompts import REQUEST_OPENERS, sample_user_prompts, user_turn_prefix
 from tjdnet.distill.teacher import base_model_answerer, distill_settings
 
@@ -17,4 +17,5 @@ __all__ = [
     "self_distill",
     "user_turn_prefix",
     "with_dtype",
+    "write_answers",
 ]

@@ -70,13 +70,13 @@ def _generate(
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     # Rewrite what was read so a line cut short by a crash is dropped before appending.
     with open(partial, "w", encoding="utf-8") as f:
-        _write_answers(f, questions[: len(answers)], answers)
+        write_answers(f, questions[: len(answers)], answers)
         for start in range(len(answers), len(questions), batch_size):
             batch = questions[start : start + batch_size]
             generated = generate_fn(batch)
             if len(generated) != len(batch):
                 raise ValueError(f"generate_fn returned {len(generated)} answers for {len(batch)} prompts")
-            _write_answers(f, batch, generated)
+            write_answers(f, batch, generated)
             f.flush()
             answers += generated
             logger.info("self-distillation: %d / %d answers", len(answers), len(questions))
@@ -85,7 +85,8 @@ def _generate(
     return answers
 
 
-def _write_answers(f: Any, questions: Sequence[str], answers: Sequence[str]) -> None:
+def write_answers(f: Any, questions: Sequence[str], answers: Sequence[str]) -> None:
+    """One JSONL line ``{"question": ..., "answer": ...}`` per pair, to the open text file ``f``."""
     for question, answer in zip(questions, answers, strict=True):
         f.write(json.dumps({"question": question, "answer": answer}, ensure_ascii=False) + "\n")
 

@@ -46,6 +46,8 @@ class HeadConfig:
         vocab_size: V, the size of the output embedding.
         loss_chunk_elements: most vocabulary logits alive at once in the training loss.
         token_conditioned: positions 2..H also read the block's first token (see the module docstring).
+        extra_features: n, how many more D-wide hidden states (intermediate layers of the backbone, EAGLE-3's
+            fused features) follow the last one in the head's input h (B, (1 + n) D).
     """
 
     name: str
@@ -56,6 +58,17 @@ class HeadConfig:
     hidden_dim: int = 64
     loss_chunk_elements: int = DEFAULT_LOSS_CHUNK_ELEMENTS
     token_conditioned: bool = False
+    extra_features: int = 0
+
+    @property
+    def input_size(self) -> int:
+        """Width of the head's input: the last hidden state and the extra features."""
+        return self.hidden_size * (1 + self.extra_features)
+
+
+def rms_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """x / RMS(x) over the last dimension (statistics in float32)."""
+    return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps).to(x.dtype)
 
 
 class ComponentAdapters(nn.Module):
@@ -105,6 +118,11 @@ class JointHead(nn.Module):
                 raise ValueError("a token-conditioned head needs the backbone's input embedding")
             self.condition = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
             nn.init.zeros_(self.condition.weight)
+        self.feature_fuse = None
+        if config.extra_features:
+            # Zero at first: a head reading extra features starts as the head without them.
+            self.feature_fuse = nn.Linear(config.extra_features * config.hidden_size, config.hidden_size, bias=False)
+            nn.init.zeros_(self.feature_fuse.weight)
         self.draft_vocab: DraftVocab | None = None
         self._draft_unembedding: tuple = ()  # (layer, what it was built from)
 
@@ -143,6 +161,22 @@ class JointHead(nn.Module):
             use_onednn_linears(layer)
         self._draft_unembedding = (layer, source)  # a tuple keeps it out of the parameters and the state dict
         return layer
+
+    def context(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, D) W [n(x_1); ...; n(x_n)]: the extra features x_i of an input h (B, (1 + n) D), each RMS-normalised
+        (the residual stream grows with depth), mixed into one D-wide vector; zeros without extra features."""
+        d = self.config.hidden_size
+        if self.feature_fuse is None:
+            return torch.zeros_like(h[..., :d])
+        extras = rms_norm(h[..., d:].unflatten(-1, (-1, d)).to(self.feature_fuse.weight.dtype)).flatten(-2)
+        return self.feature_fuse(extras).to(h.dtype)
+
+    def read(self, h: torch.Tensor) -> torch.Tensor:
+        """The (B, D) state the components read: the last hidden state plus :meth:`context` (checked input)."""
+        self.check_hidden(h)
+        if self.feature_fuse is None:
+            return h
+        return h[..., : self.config.hidden_size] + self.context(h)
 
     def log_init(self, h: torch.Tensor) -> torch.Tensor:
         """(B, R) log initial state distribution (mixture weights)."""
@@ -193,9 +227,12 @@ class JointHead(nn.Module):
         return unembedding(flat).float().unflatten(0, z.shape[:2])
 
     def check_hidden(self, h: torch.Tensor) -> None:
-        if h.shape[-1] != self.config.hidden_size:
+        config = self.config
+        if h.shape[-1] != config.input_size:
+            extra = f" x (1 + {config.extra_features} extra features)" if config.extra_features else ""
             raise ValueError(
-                f"hidden size {h.shape[-1]} does not match the head's hidden_size={self.config.hidden_size}"
+                f"hidden size {h.shape[-1]} does not match the head's input size {config.input_size} "
+                f"(hidden_size={config.hidden_size}{extra})"
             )
 
     def check_targets(self, y: torch.Tensor) -> None:
@@ -218,11 +255,11 @@ class JointHead(nn.Module):
         only, when one is set: :meth:`set_draft_vocab`).
 
         Args:
-            h: (B, D) hidden states.
+            h: (B, D) last hidden states, or (B, (1 + n) D) with n extra features after them.
             first: (B,) the block's first token, which a token-conditioned head needs for ``horizon`` > 1
                 (the returned distribution is then only meaningful for blocks that start with it).
         """
-        self.check_hidden(h)
+        h = self.read(h)
         horizon = self.horizon if horizon is None else horizon
         components = slice(None)
         if horizon < self.horizon:
@@ -305,7 +342,8 @@ class JointHead(nn.Module):
     def log_prob(
         self, h: torch.Tensor, y: torch.Tensor, first: torch.Tensor | None = None, draft: bool = False
     ) -> torch.Tensor:
-        """Exact normalised log p(y | h) for h (B, D), y (B, H); -100 targets are marginalised. (B,)
+        """Exact normalised log p(y | h) for h (B, D) (or (B, (1 + n) D): :meth:`forward`), y (B, H); -100 targets
+        are marginalised. (B,)
 
         A token-conditioned head reads ``first`` (B,), the token at the block's first position even where its
         label is ignored (default: ``y[:, 0]``, which must then be observed).
@@ -314,7 +352,7 @@ class JointHead(nn.Module):
         renormalised over the subset) and targets outside the subset are marginalised: the training loss of a
         head that will only ever propose those tokens, at ~S/V of the full loss's cost.
         """
-        self.check_hidden(h)
+        h = self.read(h)
         self.check_targets(y)
         if self.token_conditioned and first is None and self.horizon > 1:
             if (y[:, 0] == IGNORE_INDEX).any():

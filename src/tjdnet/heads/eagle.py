@@ -3,13 +3,14 @@
 The drafter predicts the backbone's next hidden state from the current one and the token after it, and reads
 each drafted token's distribution off the backbone's shared output embedding E:
 
-    u_k = W_in [n(f_{k-1}); n(e(y_k))] + p_k        f_0 = h, the backbone's hidden state before the block
+    u_k = W_in [n(f_{k-1}); n(e(y_k))] + p_k + c    f_0 = h, the backbone's hidden state before the block
     a_k = u_k + Attn(n(u_k); n(u_1), ..., n(u_k))  causal self-attention over the drafted block
     f_k = f_{k-1} + W_out (a_k + MLP(n(a_k)))       W_out is zero at first, so f_k starts as f_{k-1}
     q(y_1 | h) = softmax(E h)                       the backbone's own next-token distribution
     q(y_{k+1} | y_1..y_k, h) = softmax(E f_k)
 
-with n an RMS normalisation, e the backbone's (frozen) input embedding and p_k a learned position vector. The
+with n an RMS normalisation, e the backbone's (frozen) input embedding, p_k a learned position vector and c the
+fused intermediate-layer features of the same position (EAGLE-3; ``TJDConfig.feature_layers``, zero without). The
 block's distribution is the product of these conditionals, exact by construction, and every drafted token is
 conditioned on the ones before it (what a joint head approximates with R components). Drafting costs H - 1 small
 steps and no backbone pass. Unlike EAGLE the drafter attends over the drafted block only, not the whole prefix:
@@ -26,16 +27,12 @@ import math
 import torch
 from torch import nn
 
-from tjdnet.heads.base import HeadConfig, JointHead
+from tjdnet.heads.base import HeadConfig, JointHead, rms_norm
 from tjdnet.heads.block import SequentialDraft
 from tjdnet.heads.vocab import DraftVocab
 from tjdnet.tensorops.logspace import IGNORE_INDEX
 
 HEAD_DIM = 64
-
-
-def rms_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps).to(x.dtype)
 
 
 class EagleHead(JointHead):
@@ -61,13 +58,14 @@ class EagleHead(JointHead):
     def step(self, message: torch.Tensor, k: int, tokens: torch.Tensor) -> torch.Tensor:
         """The drafter state after observing ``tokens`` (...,) at block position k (0-based).
 
-        A state (..., (j + 1) D) packs the current feature f_j and the layer inputs u_1..u_j of the block.
+        A state (..., (j + 2) D) packs the current feature f_j, the context c and the layer inputs u_1..u_j of
+        the block.
         """
         d = self.config.hidden_size
         dtype = self.fuse.weight.dtype
-        f, inputs = message[..., :d].to(dtype), message[..., d:].to(dtype)
+        f, context, inputs = message[..., :d].to(dtype), message[..., d : 2 * d], message[..., 2 * d :].to(dtype)
         e = self.embedding(tokens).to(dtype)
-        u = self.fuse(torch.cat([rms_norm(f), rms_norm(e)], dim=-1)) + self.position[k]
+        u = self.fuse(torch.cat([rms_norm(f), rms_norm(e)], dim=-1)) + self.position[k] + context.to(dtype)
         inputs = torch.cat([inputs, u], dim=-1)
         qkv = self.qkv(rms_norm(inputs.unflatten(-1, (-1, d)))).unflatten(-1, (3, self.heads, -1))
         q, keys, values = qkv[..., -1, 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]  # (..., [j + 1,] heads, hd)
@@ -75,7 +73,11 @@ class EagleHead(JointHead):
         mixed = torch.einsum("...hj,...jhc->...hc", scores.float().softmax(-1).to(dtype), values)
         a = u + self.attn_out(mixed.flatten(-2))
         m = a + self.mlp_out(torch.nn.functional.silu(self.mlp_in(rms_norm(a))))
-        return torch.cat([f + self.out(m), inputs], dim=-1)
+        return torch.cat([f + self.out(m), context, inputs], dim=-1)
+
+    def initial_state(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, 2D) the state before the block, [f_0; c], from the head's input h (B, (1 + n) D)."""
+        return torch.cat([h[..., : self.config.hidden_size], self.context(h)], dim=-1)
 
     def emission_logits(self, message: torch.Tensor, draft: bool = True) -> torch.Tensor:
         """(..., V) float32 logits (over the draft vocabulary, when set and ``draft``) of the state's feature."""
@@ -85,7 +87,7 @@ class EagleHead(JointHead):
         return layer(flat).float().unflatten(0, f.shape[:-1])
 
     def forward(self, h: torch.Tensor, horizon: int | None = None, first: torch.Tensor | None = None) -> DrafterBlock:
-        """The drafter's distribution of the first ``horizon`` (default H) tokens after h (B, D)."""
+        """The drafter's distribution of the first ``horizon`` (default H) tokens after h (B, (1 + n) D)."""
         self.check_hidden(h)
         vocab = None if self.draft_vocab is None else self.draft_vocab.to(h.device)
         return DrafterBlock(self, h, self.horizon if horizon is None else horizon, vocab)
@@ -93,7 +95,7 @@ class EagleHead(JointHead):
     def log_prob(
         self, h: torch.Tensor, y: torch.Tensor, first: torch.Tensor | None = None, draft: bool = False
     ) -> torch.Tensor:
-        """log q(y | h) (B,) by teacher forcing, for h (B, D), y (B, H).
+        """log q(y | h) (B,) by teacher forcing, for h (B, (1 + n) D), y (B, H).
 
         -100 targets contribute nothing; as inputs of later steps they are read as ``first`` (position 0) or
         token 0, so ignored targets must end the block (as past the end of an answer) for the result to be a
@@ -109,22 +111,25 @@ class EagleHead(JointHead):
         if in_subset:
             local = self.draft_vocab.to(y.device).local(y.clamp_min(0))
             targets = torch.where((y == IGNORE_INDEX) | (local < 0), IGNORE_INDEX, local)
-        message = h
-        total = h.new_zeros(h.shape[0], dtype=torch.float32)
-        for k in range(self.horizon):
+        picked = self.teacher_forced(h, inputs, targets.clamp_min(0), in_subset)
+        return (picked * (targets != IGNORE_INDEX)).sum(-1)
+
+    def teacher_forced(self, h: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor, draft: bool) -> torch.Tensor:
+        """(B, L) float32 log q(targets[:, k] | inputs[:, :k], h): the drafter fed ``inputs`` (B, L) (vocabulary
+        ids), scoring ``targets`` (B, L) (indices into the draft vocabulary when ``draft``, else vocabulary ids)."""
+        message, picked = self.initial_state(h), []
+        for k in range(targets.shape[1]):
             if k > 0:
                 message = self.step(message, k - 1, inputs[:, k - 1])
-            logits = self.emission_logits(message, draft=in_subset)
-            target = targets[:, k]
-            picked = logits.gather(-1, target.clamp_min(0)[:, None]).squeeze(-1) - torch.logsumexp(logits, -1)
-            total = total + picked * (target != IGNORE_INDEX)
-        return total
+            log_q = torch.log_softmax(self.emission_logits(message, draft=draft), dim=-1)
+            picked.append(log_q.gather(-1, targets[:, k, None]).squeeze(-1))
+        return torch.stack(picked, dim=1)
 
 
 class DrafterBlock(SequentialDraft):
     """An :class:`EagleHead`'s distribution of the next ``horizon`` tokens after h (B, D), drafted step by step.
 
-    Messages are drafter states (B, ..., (j + 1) D) (:meth:`EagleHead.step`); conditionals are over the draft
+    Messages are drafter states (B, ..., (j + 2) D) (:meth:`EagleHead.step`); conditionals are over the draft
     vocabulary when ``vocab`` is set.
     """
 
@@ -140,7 +145,7 @@ class DrafterBlock(SequentialDraft):
         return self.head.config.vocab_size if self.vocab is None else self.vocab.size
 
     def start(self) -> torch.Tensor:
-        return self.h
+        return self.head.initial_state(self.h)
 
     def conditional(self, message: torch.Tensor, k: int) -> torch.Tensor:
         """(B, ..., V) log q(y_k | y_<k) given states (B, ..., M) before position k."""
@@ -156,14 +161,8 @@ class DrafterBlock(SequentialDraft):
     def log_prob(self, y: torch.Tensor) -> torch.Tensor:
         """Exact log q(y) (B,) for blocks y (B, L) of vocabulary ids, L <= horizon; -inf for a token the draft
         vocabulary lacks. -100 positions ending a block are marginalised (they contribute nothing)."""
-        message, total = self.start(), self.h.new_zeros(y.shape[0], dtype=torch.float32)
-        for k in range(y.shape[1]):
-            log_q = self.conditional(message, k)
-            observed = y[:, k] != IGNORE_INDEX
-            tokens = y[:, k].clamp_min(0)
-            local = tokens if self.vocab is None else self.vocab.local(tokens)
-            picked = log_q.gather(-1, local.clamp_min(0)[:, None]).squeeze(-1).masked_fill(local < 0, float("-inf"))
-            total = total + torch.where(observed, picked, 0.0)
-            if k < y.shape[1] - 1:
-                message = self.observe(message, k, tokens)
-        return total
+        tokens = y.clamp_min(0)
+        local = tokens if self.vocab is None else self.vocab.local(tokens)
+        picked = self.head.teacher_forced(self.h, tokens, local.clamp_min(0), self.vocab is not None)
+        picked = picked.masked_fill(local < 0, float("-inf"))
+        return torch.where(y != IGNORE_INDEX, picked, 0.0).sum(-1)

@@ -33,10 +33,13 @@ from tjdnet.training.head_features import collect_features, evaluate_head, fit_h
 logger = logging.getLogger(__name__)
 
 
+SPEC_FORMAT = "head:rank:horizon[:tc][:w<width>][:lr<rate>][:f<layer>/<layer>...]"
+
+
 @dataclass(frozen=True)
 class HeadSpec:
-    """One head to train, written ``head:rank:horizon[:tc][:w<width>][:lr<rate>]`` (e.g. ``eagle:1:4:w1024:lr1e-3``,
-    ``mps:2:4:tc``)."""
+    """One head to train, written ``head:rank:horizon[:tc][:w<width>][:lr<rate>][:f<layer>/<layer>...]`` (e.g.
+    ``eagle:1:4:w1024:lr1e-3``, ``mps:2:4:tc``, ``eagle:1:5:f10/20``: also reading layers 10 and 20)."""
 
     head: str
     rank: int
@@ -44,10 +47,12 @@ class HeadSpec:
     token_conditioned: bool
     hidden_dim: int
     lr: float
+    feature_layers: tuple[int, ...] = ()
 
     @property
     def name(self) -> str:
-        return f"{self.head}_r{self.rank}_h{self.horizon}" + ("_tc" if self.token_conditioned else "")
+        name = f"{self.head}_r{self.rank}_h{self.horizon}" + ("_tc" if self.token_conditioned else "")
+        return name + (f"_f{'-'.join(map(str, self.feature_layers))}" if self.feature_layers else "")
 
 
 def parse_head_specs(value: str, hidden_dim: int, lr: float) -> list[HeadSpec]:
@@ -56,24 +61,36 @@ def parse_head_specs(value: str, hidden_dim: int, lr: float) -> list[HeadSpec]:
     specs = []
     for item in value.split(","):
         parts = item.strip().split(":")
-        options = {"tc": False, "w": hidden_dim, "lr": lr}
+        options = {"tc": False, "w": hidden_dim, "lr": lr, "f": ()}
         well_formed = len(parts) >= 3 and parts[1].isdigit() and parts[2].isdigit()
         for extra in parts[3:]:
-            key = "tc" if extra == "tc" else "lr" if extra.startswith("lr") else "w" if extra.startswith("w") else None
+            key = next((k for k in ("tc", "lr", "w", "f") if extra.startswith(k)), None)
             try:
-                options[key] = True if key == "tc" else int(extra[1:]) if key == "w" else float(extra[2:])
-            except (KeyError, ValueError):
+                options[key] = _option_value(key, extra[len(key) :])
+            except (KeyError, TypeError, ValueError):
                 well_formed = False
         if not well_formed or options["lr"] <= 0:
-            raise ValueError(
-                f"--heads item {item!r} is not head:rank:horizon[:tc][:w<width>][:lr<rate>] (e.g. eagle:1:4:lr1e-3)"
-            )
-        spec = HeadSpec(parts[0], int(parts[1]), int(parts[2]), options["tc"], options["w"], options["lr"])
+            raise ValueError(f"--heads item {item!r} is not {SPEC_FORMAT} (e.g. eagle:1:4:lr1e-3)")
+        spec = HeadSpec(
+            parts[0], int(parts[1]), int(parts[2]), options["tc"], options["w"], options["lr"], options["f"]
+        )
         check_head_settings(spec.head, spec.horizon, spec.rank, spec.hidden_dim, spec.token_conditioned)
+        TJDConfig(model_head=spec.head, feature_layers=list(spec.feature_layers))  # one-line error on bad layers
         specs.append(spec)
     if len({s.name for s in specs}) != len(specs):
         raise ValueError(f"--heads {value!r} names a head twice")
     return specs
+
+
+def _option_value(key: str, text: str) -> bool | int | float | tuple[int, ...]:
+    """The value of one ``--heads`` item option, from the text after its key."""
+    if key == "tc":
+        if text:
+            raise ValueError(text)
+        return True
+    if key == "f":
+        return tuple(int(layer) for layer in text.split("/"))
+    return int(text) if key == "w" else float(text)
 
 
 def run_fit_heads(
@@ -99,9 +116,10 @@ def run_fit_heads(
     Args:
         data: training data: the JSONL file ``tjdnet distill`` wrote (all its rows), or a directory or file of
             ``dataset`` (its train split).
-        heads: comma-separated ``head:rank:horizon[:tc][:w<width>][:lr<rate>]`` (heads: stp, multihead, cp, mps,
-            medusa, eagle; ``tc``: token-conditioned; ``w``: adapter / MLP width, default ``hidden_dim``; ``lr``:
-            its own learning rate, default ``lr``).
+        heads: comma-separated ``head:rank:horizon[:tc][:w<width>][:lr<rate>][:f<layer>/<layer>...]`` (heads:
+            stp, multihead, cp, mps, medusa, eagle; ``tc``: token-conditioned; ``w``: adapter / MLP width, default
+            ``hidden_dim``; ``lr``: its own learning rate, default ``lr``; ``f``: the head also reads the hidden
+            states after these decoder layers, EAGLE-3-style).
         out_dir: where each head's save_pretrained directory goes.
         prefix: put before each head's directory name (``<prefix><head>_r<rank>_h<horizon>[_tc]``).
         model: the frozen base model (the one the data was distilled from).
@@ -138,7 +156,10 @@ def run_fit_heads(
         raise ValueError(f"{data} holds no training examples")
 
     start = time.perf_counter()
-    backbone, tokenizer = TJDModel.from_base(model, dtype=feature_dtype, model_head="stp", train_mode="head")
+    layers = sorted({layer for s in specs for layer in s.feature_layers})
+    backbone, tokenizer = TJDModel.from_base(
+        model, dtype=feature_dtype, model_head="stp", train_mode="head", feature_layers=layers
+    )
     rows = [encode_example(tokenizer, e, seq_len) for e in examples]
     features = collect_features(backbone.eval(), rows, max(s.horizon for s in specs), tokenizer.pad_token_id)
     if held_out >= len(features):
@@ -166,16 +187,19 @@ def run_fit_heads(
             token_conditioned=spec.token_conditioned,
             loss_mode="draft",
             draft_vocab_size=draft_vocab,
+            feature_layers=list(spec.feature_layers),
         )
         torch.manual_seed(seed)
         head_model = TJDModel(lm.lm, config)
         head_model.head.set_draft_vocab(vocab_ids)
         in_draft = vocab_ids is not None
-        before = evaluate_head(head_model, evaluation, draft=in_draft)
+        head_train, head_evaluation = (f.with_layers(layers, spec.feature_layers) for f in (train, evaluation))
+        before = evaluate_head(head_model, head_evaluation, draft=in_draft)
         t0 = time.perf_counter()
-        losses = fit_head(head_model, train, steps, batch_positions, spec.lr, seed=seed, draft=in_draft)
+        losses = fit_head(head_model, head_train, steps, batch_positions, spec.lr, seed=seed, draft=in_draft)
         fit_s = time.perf_counter() - t0
-        after = evaluate_head(head_model, evaluation, draft=in_draft)
+        after = evaluate_head(head_model, head_evaluation, draft=in_draft)
+        del head_train, head_evaluation
         directory = Path(out_dir) / f"{prefix}{spec.name}"
         head_model.save_pretrained(directory, tokenizer)
         report[directory.name] = {

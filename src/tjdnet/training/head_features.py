@@ -29,7 +29,8 @@ class Features:
     """Backbone features of every answer position.
 
     Attributes:
-        hidden: (N, D) last hidden states at positions with a label among the next H tokens.
+        hidden: (N, (1 + n) D) the heads' input at positions with a label among the next H tokens: the last hidden
+            state, then the n feature layers' (in the backbone's dtype; heads convert it).
         targets: (N, H) the next H labels at those positions, -100 past the end of the answer.
         first: (N,) the input token after each position (what a token-conditioned head reads).
     """
@@ -52,6 +53,15 @@ class Features:
         rest, held = order[n_held_out:], order[:n_held_out]
         return self[rest], self[held]
 
+    def with_layers(self, collected: Sequence[int], layers: Sequence[int]) -> Features:
+        """The features a head reading ``layers`` sees, from features collected with the layers ``collected``."""
+        if list(layers) == list(collected):
+            return self
+        d = self.hidden.shape[1] // (1 + len(collected))
+        blocks = [0] + [1 + list(collected).index(layer) for layer in layers]
+        columns = torch.cat([torch.arange(b * d, (b + 1) * d) for b in blocks])
+        return Features(self.hidden[:, columns], self.targets, self.first)
+
 
 @torch.no_grad()
 def collect_features(
@@ -60,7 +70,7 @@ def collect_features(
     """Run the backbone once over encoded rows (``encode_example`` output) and keep the answer positions.
 
     ``horizon`` is the longest horizon the features will train; a head with a shorter one uses the first
-    columns of ``targets``.
+    columns of ``targets``. The features are ``model.features``: with the layers of ``model.config.feature_layers``.
     """
     hidden, targets, first = [], [], []
     started = time.perf_counter()
@@ -68,10 +78,10 @@ def collect_features(
         if start and start % (64 * batch_size) == 0:
             logger.info("features: %d / %d rows (%.0f s)", start, len(rows), time.perf_counter() - started)
         batch = collate(rows[start : start + batch_size], pad_token_id, padding_side="right")
-        h = model.hidden_states(batch["input_ids"], batch["attention_mask"])  # (B, T, D)
+        _, h = model.features(batch["input_ids"], batch["attention_mask"])  # (B, T, (1 + n) D)
         y = block_targets(batch["labels"], horizon)  # (B, T, H)
         keep = answer_positions(y, batch["attention_mask"])
-        hidden.append(h[keep].float())
+        hidden.append(h[keep])
         targets.append(y[keep])
         first.append(next_tokens(batch["input_ids"], pad_token_id)[keep])
     return Features(torch.cat(hidden), torch.cat(targets), torch.cat(first))
