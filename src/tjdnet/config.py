@@ -86,11 +86,9 @@ class TJDConfig:
             self.lora_alpha = 2 * self.lora_rank
         self.lora_target_modules = list(self.lora_target_modules)
         self.feature_layers = list(self.feature_layers)
-        for layer in self.feature_layers:
-            check_int("feature_layers", layer)
-        if len(set(self.feature_layers)) != len(self.feature_layers):
-            raise ValueError(f"feature_layers={self.feature_layers} names a layer twice")
-        check_head_settings(self.model_head, self.horizon, self.rank, self.hidden_dim, self.token_conditioned)
+        check_head_settings(
+            self.model_head, self.horizon, self.rank, self.hidden_dim, self.token_conditioned, self.feature_layers
+        )
         if self.train_mode not in TRAIN_MODES:
             raise ValueError(f"unknown train_mode {self.train_mode!r}; allowed: {', '.join(TRAIN_MODES)}")
         if self.loss_mode not in LOSS_MODES:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
 from tjdnet.checks import check_int
@@ -33,8 +35,11 @@ def validate_head_config(config: HeadConfig) -> None:
         check_int(field, getattr(config, field))
 
 
-def check_head_settings(name: str, horizon: int, rank: int, hidden_dim: int, token_conditioned: bool) -> None:
-    """Raise a one-line ValueError naming the first bad head setting (those a user chooses)."""
+def check_head_settings(
+    name: str, horizon: int, rank: int, hidden_dim: int, token_conditioned: bool, feature_layers: Sequence[int] = ()
+) -> None:
+    """Raise a one-line ValueError naming the first bad head setting (those a user chooses). Whether the feature
+    layers exist in the backbone is checked when the head is put on it (:func:`tjdnet.model.check_feature_layers`)."""
     if name not in HEADS:
         raise ValueError(f"unknown head {name!r}; allowed heads: {', '.join(HEADS)}")
     for field, value in (("horizon", horizon), ("rank", rank), ("hidden_dim", hidden_dim)):
@@ -48,6 +53,10 @@ def check_head_settings(name: str, horizon: int, rank: int, hidden_dim: int, tok
             f"token_conditioned is not allowed for {name} with horizon={horizon}; "
             "it needs a multihead, cp or mps head with horizon >= 2"
         )
+    for layer in feature_layers:
+        check_int("feature_layers", layer)
+    if len(set(feature_layers)) != len(feature_layers):
+        raise ValueError(f"feature_layers={list(feature_layers)} names a layer twice")
 
 
 def make_head(config: HeadConfig, unembedding: nn.Module, embedding: nn.Module | None = None) -> JointHead:

@@ -74,8 +74,9 @@ def parse_head_specs(value: str, hidden_dim: int, lr: float) -> list[HeadSpec]:
         spec = HeadSpec(
             parts[0], int(parts[1]), int(parts[2]), options["tc"], options["w"], options["lr"], options["f"]
         )
-        check_head_settings(spec.head, spec.horizon, spec.rank, spec.hidden_dim, spec.token_conditioned)
-        TJDConfig(model_head=spec.head, feature_layers=list(spec.feature_layers))  # one-line error on bad layers
+        check_head_settings(
+            spec.head, spec.horizon, spec.rank, spec.hidden_dim, spec.token_conditioned, spec.feature_layers
+        )
         specs.append(spec)
     if len({s.name for s in specs}) != len(specs):
         raise ValueError(f"--heads {value!r} names a head twice")
@@ -121,7 +122,7 @@ def run_fit_heads(
             ``hidden_dim``; ``lr``: its own learning rate, default ``lr``; ``f``: the head also reads the hidden
             states after these decoder layers, EAGLE-3-style).
         out_dir: where each head's save_pretrained directory goes.
-        prefix: put before each head's directory name (``<prefix><head>_r<rank>_h<horizon>[_tc]``).
+        prefix: put before each head's directory name (``<prefix><head>_r<rank>_h<horizon>[_tc][_f<layers>]``).
         model: the frozen base model (the one the data was distilled from).
         dataset: how ``data`` is read (jsonl, gsm8k, sharegpt, ...); its train split is used.
         steps: optimiser steps per head.
