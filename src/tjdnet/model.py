@@ -136,6 +136,8 @@ class TJDModel(nn.Module):
         self.head: JointHead = head.to(unembedding.weight.dtype)
         self.next_token = make_head(HeadConfig("stp", hidden_size, vocab_size), unembedding)
         self.base_fingerprint = base_fingerprint(lm, config.model)  # before any adapter or training changes lm
+        # Measured verifying-pass costs of tree_size="auto" decoding, per batch size, width, dtype and device.
+        self.pass_costs: dict = {}
         self._configure_training(config)
 
     # ----- construction -------------------------------------------------------------------------------

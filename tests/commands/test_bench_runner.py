@@ -53,7 +53,7 @@ def test_bench_cli_writes_every_field(tiny_ckpt, tmp_path):
         assert result["tokens_per_s"] > 0 and 0.0 <= result["accuracy"] <= 1.0
     results = payload["results"]
     # Lossless modes reproduce greedy decoding token for token; the transformers baseline is the same model.
-    for mode in ("ar", "speculative", "speculative_tree", "hf_generate", "prompt_lookup"):
+    for mode in ("ar", "speculative", "speculative_tree", "speculative_tree_auto", "hf_generate", "prompt_lookup"):
         assert results[mode]["identical_to_ar"] == 1.0, mode
     # One backbone pass per token for plain decoding, counted by the hook for ours and transformers' alike.
     for mode in ("ar", "hf_generate"):

@@ -22,7 +22,7 @@ from tjdnet.checks import check_int
 from tjdnet.commands.options import DataChoice, DecodingOptions, load_for_decoding, parse_call, report
 from tjdnet.commands.test import data_source, parse_gen_modes, test_split
 from tjdnet.data import DATASETS, load_examples
-from tjdnet.decoding import NAMED_MODES, TREE_MODE
+from tjdnet.decoding import AUTO_TREE_MODE, NAMED_MODES, TREE_MODE
 from tjdnet.evaluation import HF_MODES, format_table, hf_generator, run_modes
 from tjdnet.files import check_writable
 from tjdnet.machine import machine_info
@@ -34,7 +34,7 @@ BENCH_MODES = (*NAMED_MODES, *HF_MODES)
 RESULTS_FILE = "bench_results.json"
 DEFAULT_MODES = "ar,hf_generate,speculative,speculative_tree"
 DEFAULT_BASE_MODES = "ar,hf_generate"
-HEAD_MODES = ("draft", "draft_anchored", "speculative", TREE_MODE)  # need a trained joint head
+HEAD_MODES = ("draft", "draft_anchored", "speculative", TREE_MODE, AUTO_TREE_MODE)  # need a trained joint head
 TABLE_COLUMNS = (
     "tau",
     "acceptance_rate",
@@ -75,7 +75,8 @@ def run_bench(
     Args:
         ckpt_path: best.ckpt / last.ckpt of a run, or a save_pretrained directory.
         model: a base model instead of a checkpoint (ar and hf_* modes only).
-        gen_modes: comma-separated modes: ar, draft, draft_anchored, speculative, speculative_tree, hf_generate,
+        gen_modes: comma-separated modes: ar, draft, draft_anchored, speculative, speculative_tree,
+            speculative_tree_auto, hf_generate,
             prompt_lookup (default: ar,hf_generate,speculative,speculative_tree; ar,hf_generate for a base model).
         num_prompts: test prompts to time.
         batch_size: prompts per batch.

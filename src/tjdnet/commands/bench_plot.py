@@ -19,7 +19,8 @@ from jsonargparse import ArgumentParser  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-MEASURED_MODES = ("speculative", "speculative_tree")  # chain and tree drafts, one line each
+MEASURED_MODES = ("speculative", "speculative_tree", "speculative_tree_auto")  # chain and tree drafts, a line each
+MODE_SUFFIX = {"speculative_tree": " tree", "speculative_tree_auto": " auto tree"}
 
 
 def _head_key(payload: dict) -> tuple[str, int, int]:
@@ -54,7 +55,7 @@ def plot_speedup_tau(payloads: list[dict], path: str | Path, modes: tuple[str, .
             result = payload["results"].get(mode)
             if result is None:
                 continue
-            suffix = " tree" if mode == "speculative_tree" else ""
+            suffix = MODE_SUFFIX.get(mode, "")
             label = f"{head} R={rank}{_run_tag(payload, payloads)}{suffix}"
             lines[label].append((horizon, result.get("speedup_vs_ar") or float("nan"), result["tau"]))
     fig, (ax_speed, ax_tau) = plt.subplots(1, 2, figsize=(10, 4))
@@ -80,6 +81,7 @@ def plot_accuracy_vs_speed(payloads: list[dict], path: str | Path) -> Path:
         "ar": "s",
         "speculative": "o",
         "speculative_tree": "P",
+        "speculative_tree_auto": "X",
         "draft": "^",
         "draft_anchored": "<",
         "hf_generate": "D",

@@ -31,7 +31,7 @@ def run_generate(
         prompt: the user's message.
         ckpt_path: a run's checkpoint or a save_pretrained directory (a joint head).
         model: a base model when no checkpoint is given (default smollm2-135m; ar mode only).
-        gen_mode: ar, draft, draft_anchored, speculative or speculative_tree.
+        gen_mode: ar, draft, draft_anchored, speculative, speculative_tree or speculative_tree_auto.
         do_sample: sample instead of greedy decoding.
         temperature: sampling temperature.
         top_k: keep the k most likely tokens when sampling.

@@ -16,7 +16,7 @@ from jsonargparse import ArgumentParser
 from tjdnet.attention import ATTENTION_CHOICES
 from tjdnet.checkpoints import load_trained
 from tjdnet.checks import check_int
-from tjdnet.decoding import DEFAULT_TREE_NODES, DEFAULT_TREE_TOPK, mode_arguments
+from tjdnet.decoding import DEFAULT_TREE_MAX_NODES, DEFAULT_TREE_NODES, DEFAULT_TREE_TOPK, mode_arguments
 from tjdnet.devices import resolve_device
 from tjdnet.files import keep_previous, write_json
 from tjdnet.loading import DTYPES
@@ -33,6 +33,8 @@ class DecodingOptions:
         horizon: block length (default: the head's).
         tree_nodes: draft tree size of ``speculative_tree``.
         tree_topk: prefixes expanded per tree depth.
+        tree_max_nodes: largest draft tree of ``speculative_tree_auto``, which verifies, each step, as many of its
+            nodes as maximise expected tokens per second on this machine.
         attention: ``exact`` (lossless in 16-bit floats), ``model`` (the model's own kernel) or ``auto`` (exact
             for 16-bit models).
         num_threads: torch CPU threads (default: torch's choice).
@@ -44,6 +46,7 @@ class DecodingOptions:
     horizon: int | None = None
     tree_nodes: int = DEFAULT_TREE_NODES
     tree_topk: int = DEFAULT_TREE_TOPK
+    tree_max_nodes: int = DEFAULT_TREE_MAX_NODES
     attention: str = "auto"
     num_threads: int | None = None
     device: str = "cpu"
@@ -55,6 +58,7 @@ class DecodingOptions:
             ("horizon", 1),
             ("tree_nodes", 0),
             ("tree_topk", 1),
+            ("tree_max_nodes", 1),
             ("num_threads", 1),
         ):
             if getattr(self, name) is not None:
@@ -70,7 +74,7 @@ class DecodingOptions:
 
     def generate_kwargs(self, mode: str) -> dict[str, Any]:
         """``TJDModel.generate`` keyword arguments of a named mode (see :func:`tjdnet.decoding.mode_arguments`)."""
-        kwargs = mode_arguments(mode, self.tree_nodes, self.tree_topk, self.attention)
+        kwargs = mode_arguments(mode, self.tree_nodes, self.tree_topk, self.attention, self.tree_max_nodes)
         return {**kwargs, "horizon": self.horizon, "max_new_tokens": self.max_new_tokens}
 
 

@@ -62,7 +62,8 @@ def run_test(
 
     Args:
         ckpt_path: best.ckpt / last.ckpt of a run, or a save_pretrained directory.
-        gen_modes: comma-separated modes: ar, draft, draft_anchored, speculative, speculative_tree.
+        gen_modes: comma-separated modes: ar, draft, draft_anchored, speculative, speculative_tree,
+            speculative_tree_auto.
         gen_mode: a single mode (same as ``gen_modes``).
         batch_size: prompts per batch.
         out: JSON path (default: test_results.json in the run or save_pretrained directory; an earlier one is

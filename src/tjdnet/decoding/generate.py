@@ -19,24 +19,39 @@ from tjdnet.attention import exact_attention_in, resolve_attention
 from tjdnet.decoding.acceptance import greedy_accept, greedy_accept_tree, speculative_accept
 from tjdnet.decoding.stats import GenerationStats, RowStats
 from tjdnet.decoding.tree import DEFAULT_TREE_NODES, DEFAULT_TREE_TOPK, DraftTree, build_draft_tree, tree_attention_mask
+from tjdnet.decoding.tree_size import PassCost, TreeSizer, check_tree_size, cost_key, measure_pass_cost
 from tjdnet.kernels import cpu_kernels
 from tjdnet.sampling import SamplingConfig, choose_tokens, process_log_probs
 
 GEN_MODES = ("ar", "draft", "draft_anchored", "speculative")
 TREE_MODE = "speculative_tree"
-NAMED_MODES = (*GEN_MODES, TREE_MODE)
+AUTO_TREE_MODE = "speculative_tree_auto"
+NAMED_MODES = (*GEN_MODES, TREE_MODE, AUTO_TREE_MODE)
+DEFAULT_TREE_MAX_NODES = 24
 
 
 def mode_arguments(
-    mode: str, tree_nodes: int = DEFAULT_TREE_NODES, tree_topk: int = DEFAULT_TREE_TOPK, attention: str = "auto"
+    mode: str,
+    tree_nodes: int = DEFAULT_TREE_NODES,
+    tree_topk: int = DEFAULT_TREE_TOPK,
+    attention: str = "auto",
+    tree_max_nodes: int = DEFAULT_TREE_MAX_NODES,
 ) -> dict:
-    """:func:`generate` keyword arguments of a named mode: a ``gen_mode``, or ``speculative_tree``
-    (``speculative`` verifying a draft tree of ``tree_nodes`` nodes); ``attention`` as in :func:`generate`."""
+    """:func:`generate` keyword arguments of a named mode: a ``gen_mode``, ``speculative_tree`` (``speculative``
+    verifying a draft tree of ``tree_nodes`` nodes) or ``speculative_tree_auto`` (a tree of at most
+    ``tree_max_nodes`` nodes, sized per step: ``tree_size="auto"``); ``attention`` as in :func:`generate`."""
     if mode not in NAMED_MODES:
         raise ValueError(f"unknown gen_mode {mode!r}; allowed: {', '.join(NAMED_MODES)}")
     resolve_attention(attention, torch.float32)  # a bad choice fails here, before any model is loaded
-    if mode == TREE_MODE:
-        return {"gen_mode": "speculative", "tree_nodes": tree_nodes, "tree_topk": tree_topk, "attention": attention}
+    if mode in (TREE_MODE, AUTO_TREE_MODE):
+        auto = mode == AUTO_TREE_MODE
+        return {
+            "gen_mode": "speculative",
+            "tree_nodes": tree_max_nodes if auto else tree_nodes,
+            "tree_topk": tree_topk,
+            "tree_size": "auto" if auto else "fixed",
+            "attention": attention,
+        }
     return {"gen_mode": mode, "attention": attention}
 
 
@@ -130,7 +145,10 @@ class _Output:
         return len(taken)
 
 
-def _validate_tree(tree_nodes: int, tree_topk: int, gen_mode: str, do_sample: bool) -> None:
+def _validate_tree(tree_nodes: int, tree_topk: int, tree_size: str, gen_mode: str, do_sample: bool) -> None:
+    check_tree_size(tree_size)
+    if tree_size == "auto" and not (isinstance(tree_nodes, int) and tree_nodes >= 1):
+        raise ValueError(f"tree_size='auto' needs tree_nodes >= 1 (the largest tree), not {tree_nodes!r}")
     if not isinstance(tree_nodes, int) or tree_nodes < 0:
         raise ValueError(f"tree_nodes={tree_nodes!r} is not allowed; use an integer >= 0 (0 drafts a chain)")
     if not isinstance(tree_topk, int) or tree_topk < 1:
@@ -256,6 +274,7 @@ def generate(
     generator: torch.Generator | None = None,
     tree_nodes: int = 0,
     tree_topk: int = DEFAULT_TREE_TOPK,
+    tree_size: str = "fixed",
     attention: str = "auto",
 ) -> GenerationOutput:
     """Generate up to ``max_new_tokens`` per row (transformers meaning for every shared argument).
@@ -280,6 +299,10 @@ def generate(
         tree_nodes: ``speculative`` only: verify a tree of this many drafted tokens per pass instead of one chain
             of ``horizon - 1`` (greedy only; see :mod:`tjdnet.decoding.tree`); 0 drafts a chain.
         tree_topk: prefixes a tree expands per depth.
+        tree_size: ``fixed`` verifies all ``tree_nodes`` nodes; ``auto`` keeps, each step, the number of them that
+            maximises expected tokens per second, from the head's own probabilities and the time of a verifying
+            pass of each width, measured on this machine the first time a model decodes a batch of this size
+            (:mod:`tjdnet.decoding.tree_size`; about a second, kept in ``model.pass_costs``).
         attention: ``exact`` computes attention so that a verifying pass gives each token the bits of a one-token
             pass (:mod:`tjdnet.attention`: lossless ``speculative`` in 16-bit floats; every mode uses it, so outputs
             compare), ``model`` keeps the model's own kernel, ``auto`` is exact for bfloat16/float16 models.
@@ -311,7 +334,7 @@ def generate(
         input_ids, attention_mask = left_aligned(input_ids, attention_mask, pad_ids)
     horizon = _validate(model, input_ids, attention_mask, gen_mode, max_new_tokens, horizon, streamer)
     config = SamplingConfig(do_sample, settings["temperature"], settings["top_k"], settings["top_p"])
-    _validate_tree(tree_nodes, tree_topk, gen_mode, do_sample)
+    _validate_tree(tree_nodes, tree_topk, tree_size, gen_mode, do_sample)
     exact = resolve_attention(attention, next(model.lm.parameters()).dtype)
     if verify_with_base and not model.has_lora:
         raise ValueError("verify_with_base needs a model fine-tuned with LoRA (train_mode='lora')")
@@ -327,18 +350,20 @@ def generate(
     n_caches = 2 if verify_with_base else 1
     rows = _Rows([DynamicCache(config=model.lm.config) for _ in range(n_caches)], attention_mask, None)
 
-    def forward(tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, last_only: bool = False):
+    def forward(tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, last_only: bool = False, count=True):
         """One step: (the head's input (A, n, (1 + f) D), verifier log-probs (A, n, V)), n = 1 when ``last_only``
-        (the prefill: no vocabulary product for the prompt's other positions); counts the passes."""
+        (the prefill: no vocabulary product for the prompt's other positions); counts the passes unless not
+        ``count``."""
         keep = slice(-1, None) if last_only else slice(None)
         verify_hidden, hidden = model.features(tokens, mask, positions, rows.caches[0])
         verify_hidden, hidden = verify_hidden[:, keep], hidden[:, keep]
         if verify_with_base:
             with model.adapters_disabled():
                 verify_hidden = model.hidden_states(tokens, mask, positions, rows.caches[1])[:, keep]
-        for r in rows.index.tolist():
-            stats.rows[r].forward_passes += 1
-        stats.forward_passes += n_caches
+        if count:
+            for r in rows.index.tolist():
+                stats.rows[r].forward_passes += 1
+            stats.forward_passes += n_caches
         return hidden, process_log_probs(model.next_token_logits(verify_hidden), config)
 
     with cpu_kernels(model), exact_attention_in(model.lm, exact) as exact_attention_used:
@@ -358,9 +383,12 @@ def generate(
         else:
             draft_len = 0 if gen_mode == "ar" else horizon - 1
             pending = choose_tokens(log_p, config, generator)
+            sizer = None
+            if tree_size == "auto" and draft_len > 0:
+                sizer = TreeSizer(_pass_cost(model, rows, pending, tree_nodes + 1, forward))
             _speculative_loop(
                 model, rows, hidden, pending, config, draft_len, out, stats, forward, generator, tree_nodes, tree_topk,
-                verify=gen_mode != "draft_anchored",
+                verify=gen_mode != "draft_anchored", sizer=sizer,
             )  # fmt: skip
     stats.decode_time_s = time.perf_counter() - start - stats.prefill_time_s
     return _finish(input_ids, out, stats, pad_token_id, streamer)
@@ -373,15 +401,46 @@ def _not_exact_message(lm: torch.nn.Module) -> str:
     )
 
 
+def _pass_cost(model, rows: _Rows, pending: torch.Tensor, max_tokens: int, forward) -> PassCost:
+    """The measured cost of verifying passes of up to ``max_tokens`` tokens per row for this batch (measured on
+    the current caches, which are left as they were, on first use and kept in ``model.pass_costs``)."""
+    lm = model.lm
+    param = next(lm.parameters())
+    key = cost_key(len(pending), max_tokens, param.dtype, param.device)
+    if key not in model.pass_costs:
+
+        def run_pass(width: int) -> None:
+            mask, positions = rows.feed_inputs(width)
+            forward(pending[:, None].expand(-1, width), mask, positions, count=False)
+            for cache in rows.caches:
+                cache.crop(-width)
+
+        model.pass_costs[key] = measure_pass_cost(run_pass, max_tokens)
+    return model.pass_costs[key]
+
+
 def _speculative_loop(
-    model, rows, hidden, pending, config, draft_len, out, stats, forward, generator, tree_nodes, tree_topk, verify=True
+    model,
+    rows,
+    hidden,
+    pending,
+    config,
+    draft_len,
+    out,
+    stats,
+    forward,
+    generator,
+    tree_nodes,
+    tree_topk,
+    verify=True,
+    sizer: TreeSizer | None = None,
 ) -> None:
     """Commit the verifier's pending token, draft after it (a chain, or a tree of ``tree_nodes`` nodes),
     verify the draft in one pass; repeat.
 
     ``draft_len = 0`` is plain autoregressive decoding. ``verify=False`` (``draft_anchored``) takes every drafted
     token unchecked: each pass then emits the next-token head's token and ``draft_len`` tokens of the joint head
-    drawn given it.
+    drawn given it. ``sizer``: verify as many of a tree's nodes as it chooses each step.
     """
     while True:
         for a, r in enumerate(rows.index.tolist()):
@@ -395,7 +454,7 @@ def _speculative_loop(
             hidden, pending = hidden[keep], pending[keep]
         k = min(draft_len, max(out.remaining(r) for r in rows.index.tolist()) - 1)
         if k > 0 and tree_nodes > 0:
-            step = _tree_step(model, rows, hidden, pending, k, tree_nodes, tree_topk, forward)
+            step = _tree_step(model, rows, hidden, pending, k, tree_nodes, tree_topk, forward, sizer)
         else:
             step = _chain_step(model, rows, hidden, pending, k, config, forward, generator, verify)
         n_accepted, pending, hidden = step.n_accepted, step.pending, step.hidden
@@ -457,10 +516,14 @@ def _chain_step(model, rows, hidden, pending, k, config, forward, generator, ver
     return _Step(draft, n_accepted, pending, last, k)
 
 
-def _tree_step(model, rows, hidden, pending, k, tree_nodes, tree_topk, forward) -> _Step:
-    """Draft a tree of ``tree_nodes`` continuations (depth <= k) after ``pending`` and verify it greedily."""
+def _tree_step(model, rows, hidden, pending, k, tree_nodes, tree_topk, forward, sizer=None) -> _Step:
+    """Draft a tree of ``tree_nodes`` continuations (depth <= k) after ``pending`` and verify it greedily (the
+    first nodes of it, as many as ``sizer`` chooses, when given)."""
+    start = time.perf_counter()
     block = model.head(hidden, horizon=k + 1, first=pending)
     tree = build_draft_tree(block, pending, k, tree_nodes, tree_topk)
+    if sizer is not None:
+        tree = sizer.choose(tree, time.perf_counter() - start)
     mask, positions = rows.tree_inputs(tree, hidden.dtype)
     step_hidden, log_p = forward(torch.cat([pending[:, None], tree.tokens], dim=1), mask, positions)
     path, n_accepted, pending = greedy_accept_tree(tree.tokens, tree.parents, log_p, k)

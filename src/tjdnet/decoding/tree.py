@@ -34,15 +34,22 @@ class DraftTree:
         tokens: (A, N) the nodes' tokens.
         parents: (A, N) each node's parent, 0 (the root) or a node index 1..N smaller than its own.
         depths: (A, N) each node's depth below the root, 1..k.
+        log_q: (A, N) the head's log-probability of each node's prefix (below the root), when known.
     """
 
     tokens: torch.Tensor
     parents: torch.Tensor
     depths: torch.Tensor
+    log_q: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
         return self.tokens.shape[1]
+
+    def first(self, n: int) -> DraftTree:
+        """The tree of the first n nodes: a tree again when nodes come best first (as built here)."""
+        log_q = None if self.log_q is None else self.log_q[:, :n]
+        return DraftTree(self.tokens[:, :n], self.parents[:, :n], self.depths[:, :n], log_q)
 
     def ancestors(self) -> torch.Tensor:
         """(A, N + 1, N + 1) bool: [a, i, j] is True when node j is node i or one of its ancestors."""
@@ -102,7 +109,7 @@ def _keep_best(
     node_of.scatter_(1, order, torch.arange(1, order.shape[1] + 1, device=order.device).expand_as(order))
     kept_parents = parents.gather(1, order)
     kept_parents = torch.where(kept_parents < 0, 0, node_of.gather(1, kept_parents.clamp_min(0)))
-    return DraftTree(tokens.gather(1, order), kept_parents, depths.gather(1, order))
+    return DraftTree(tokens.gather(1, order), kept_parents, depths.gather(1, order), scores.gather(1, order))
 
 
 def tree_attention_mask(slot_mask: torch.Tensor, tree: DraftTree, dtype: torch.dtype) -> torch.Tensor:
