@@ -1,6 +1,5 @@
 """Trees sized per step (tree_size="auto"): the expected-rate choice, the measured pass cost, and losslessness."""
 
-import math
 
 import pytest
 import torch
@@ -11,26 +10,28 @@ from tjdnet.decoding.tree import DraftTree, build_draft_tree
 from tjdnet.decoding.tree_size import PassCost, TreeSizer, best_tree_size, measure_pass_cost
 
 
-def test_pass_cost_interpolates_between_measured_widths_and_holds_past_them():
-    cost = PassCost((1, 5, 9), (1.0, 1.0, 3.0))
-    got = cost.at(torch.tensor([1, 3, 5, 7, 9, 20]))
-    assert got.tolist() == [1.0, 1.0, 1.0, 2.0, 3.0, 3.0]
+def test_pass_cost_interpolates_between_measured_widths_and_never_decreases():
+    cost = PassCost.interpolated([1, 5, 9], [1.0, 1.0, 3.0])
+    assert cost.max_tokens == 9
+    assert cost.at(torch.tensor([1, 3, 5, 7, 9])).tolist() == [1.0, 1.0, 1.0, 2.0, 3.0]
+    cost.observe(3, 2.0, smoothing=0.5)  # a pass of 3 tokens took 2.0: its cost moves half way, to 1.5
+    assert cost.at(torch.tensor([2, 3, 4, 5])).tolist() == [1.0, 1.5, 1.5, 1.5]  # wider is never cheaper
 
 
 def test_best_tree_size_takes_nodes_while_they_pay_for_their_pass():
-    cost = PassCost((1, 3, 5), (1.0, 1.0, 2.0))  # up to 2 nodes are free, 4 cost double
+    cost = PassCost([1.0, 1.0, 1.0, 1.5, 2.0])  # up to 2 nodes are free, 4 cost double
     sure = torch.log(torch.tensor([[0.9, 0.8, 0.7, 0.6]]))
     assert best_tree_size(sure, cost) == 2  # 1 + 1.7 in one pass beats 1 + 3.0 in two
-    cheap = PassCost((1, 5), (1.0, 1.0))
+    cheap = PassCost([1.0] * 5)
     assert best_tree_size(sure, cheap) == 4  # free nodes: take them all
     unlikely = torch.log(torch.tensor([[0.9, 0.01, 0.01, 0.01]]))
-    assert best_tree_size(unlikely, PassCost((1, 2, 5), (1.0, 1.0, 1.5))) == 1
+    assert best_tree_size(unlikely, PassCost([1.0, 1.0, 1.2, 1.3, 1.5])) == 1
     # drafting time counts in every step, so it favours wider trees: (2.7 + ...) / (1 + d) vs (4 + ...) / (2 + d)
     assert best_tree_size(sure, cost, draft_seconds=100.0) == 4
 
 
 def test_best_tree_size_sums_the_batch():
-    cost = PassCost((1, 2, 3), (1.0, 1.0, 1.35))
+    cost = PassCost([1.0, 1.0, 1.35])
     rows = torch.log(torch.tensor([[0.9, 0.3], [0.9, 0.9]]))  # row 1 alone would take 2 nodes, row 0 alone 1
     assert best_tree_size(rows[:1], cost) == 1 and best_tree_size(rows[1:], cost) == 2
     assert best_tree_size(rows, cost) == 1  # (2 + 1.8) / 1.0 = 3.8 beats (2 + 3.0) / 1.35 = 3.7
@@ -43,9 +44,8 @@ def test_measured_pass_cost_covers_every_width_and_never_decreases():
         calls.append(width)
 
     cost = measure_pass_cost(run_pass, max_tokens=12, repeats=2)
-    assert cost.widths == (1, 2, 3, 5, 9, 12)
-    assert all(a <= b for a, b in zip(cost.seconds, cost.seconds[1:], strict=False))
-    assert calls[0] == 12 and sorted(set(calls)) == list(cost.widths)
+    assert cost.max_tokens == 12
+    assert calls[0] == 12 and sorted(set(calls)) == [1, 2, 3, 5, 9, 12] and len(calls) == 1 + 2 * 6
 
 
 def test_first_nodes_of_a_built_tree_form_a_tree():
@@ -60,17 +60,21 @@ def test_first_nodes_of_a_built_tree_form_a_tree():
         assert part.size == n and torch.all(part.parents < torch.arange(1, n + 1))
 
 
-def test_tree_sizer_keeps_the_chosen_nodes_and_a_running_draft_time():
+def test_tree_sizer_learns_costs_draft_time_and_calibration_from_its_steps():
     tree = DraftTree(
         tokens=torch.tensor([[5, 6, 7]]),
         parents=torch.tensor([[0, 1, 2]]),
         depths=torch.tensor([[1, 2, 3]]),
         log_q=torch.log(torch.tensor([[0.9, 0.8, 0.01]])),
     )
-    sizer = TreeSizer(PassCost((1, 3, 4), (1.0, 1.0, 2.0)))
-    assert sizer.choose(tree, 0.5).size == 2 and sizer.draft_seconds == 0.5
+    sizer = TreeSizer(PassCost([1.0, 1.0, 1.0, 2.0]), smoothing=0.5)
+    kept = sizer.choose(tree, 0.5)
+    assert kept.size == 2 and sizer.draft_seconds == 0.5
     sizer.choose(tree, 1.5)
-    assert math.isclose(sizer.draft_seconds, 0.8 * 0.5 + 0.2 * 1.5)
+    assert sizer.draft_seconds == 0.5 * 0.5 + 0.5 * 1.5
+    sizer.observe(kept, 3.0, torch.tensor([0]))  # the 3-token pass took 3.0 and nothing was accepted
+    assert sizer.cost.at(torch.tensor([3])).item() == 2.0
+    assert sizer.calibration == pytest.approx(0.5 / (0.5 + 0.5 * 1.7))  # accepted 0 of an expected 1.7
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])

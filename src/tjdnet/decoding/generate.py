@@ -81,7 +81,7 @@ class _Rows:
 
     def tree_inputs(self, tree: DraftTree, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Attention mask (A, 1, N + 1, L + N + 1) and position ids (A, N + 1) for a root and its draft tree."""
-        depths = torch.cat([torch.zeros_like(tree.depths[:, :1]), tree.depths], dim=1)
+        depths = torch.cat([tree.depths.new_zeros(len(tree.depths), 1), tree.depths], dim=1)  # root first
         return tree_attention_mask(self.slot_mask, tree, dtype), self.next_pos[:, None] + depths
 
     def keep_path(self, fed: int, path: torch.Tensor, kept: torch.Tensor) -> None:
@@ -385,7 +385,7 @@ def generate(
             pending = choose_tokens(log_p, config, generator)
             sizer = None
             if tree_size == "auto" and draft_len > 0:
-                sizer = TreeSizer(_pass_cost(model, rows, pending, tree_nodes + 1, forward))
+                sizer = TreeSizer(_pass_cost(model, rows, pending, tree_nodes + 1, forward, hidden.dtype))
             _speculative_loop(
                 model, rows, hidden, pending, config, draft_len, out, stats, forward, generator, tree_nodes, tree_topk,
                 verify=gen_mode != "draft_anchored", sizer=sizer,
@@ -401,7 +401,7 @@ def _not_exact_message(lm: torch.nn.Module) -> str:
     )
 
 
-def _pass_cost(model, rows: _Rows, pending: torch.Tensor, max_tokens: int, forward) -> PassCost:
+def _pass_cost(model, rows: _Rows, pending: torch.Tensor, max_tokens: int, forward, hidden_dtype) -> PassCost:
     """The measured cost of verifying passes of up to ``max_tokens`` tokens per row for this batch (measured on
     the current caches, which are left as they were, on first use and kept in ``model.pass_costs``)."""
     lm = model.lm
@@ -409,8 +409,10 @@ def _pass_cost(model, rows: _Rows, pending: torch.Tensor, max_tokens: int, forwa
     key = cost_key(len(pending), max_tokens, param.dtype, param.device)
     if key not in model.pass_costs:
 
-        def run_pass(width: int) -> None:
-            mask, positions = rows.feed_inputs(width)
+        def run_pass(width: int) -> None:  # a chain-shaped tree: the same kernels as a tree step's pass
+            nodes = torch.arange(1, width, device=pending.device).expand(len(pending), -1)
+            chain = DraftTree(pending[:, None].expand(-1, width - 1), nodes - 1, nodes)
+            mask, positions = rows.tree_inputs(chain, hidden_dtype)
             forward(pending[:, None].expand(-1, width), mask, positions, count=False)
             for cache in rows.caches:
                 cache.crop(-width)
@@ -524,9 +526,12 @@ def _tree_step(model, rows, hidden, pending, k, tree_nodes, tree_topk, forward, 
     tree = build_draft_tree(block, pending, k, tree_nodes, tree_topk)
     if sizer is not None:
         tree = sizer.choose(tree, time.perf_counter() - start)
+    start = time.perf_counter()
     mask, positions = rows.tree_inputs(tree, hidden.dtype)
     step_hidden, log_p = forward(torch.cat([pending[:, None], tree.tokens], dim=1), mask, positions)
     path, n_accepted, pending = greedy_accept_tree(tree.tokens, tree.parents, log_p, k)
+    if sizer is not None:
+        sizer.observe(tree, time.perf_counter() - start, n_accepted)
     accepted = tree.tokens.gather(1, (path[:, 1:] - 1).clamp_min(0))  # (A, k) tokens along the path
     rows.keep_path(tree.size + 1, path, n_accepted + 1)
     last = step_hidden[torch.arange(len(n_accepted)), path.gather(1, n_accepted[:, None]).squeeze(1)]

@@ -6,23 +6,24 @@ node adds only the probability that the verifier walks through it. With the node
 (:func:`~tjdnet.decoding.tree.build_draft_tree`; every prefix of that order is itself a tree), keeping the first
 n nodes of row a is expected to accept
 
-    E_a(n) = sum_{i <= n} q_a(node i)
+    E_a(n) = s * sum_{i <= n} q_a(node i)
 
 drafted tokens, where q_a(node) is the joint head's probability of the node's whole prefix: greedy verification
-passes through a node exactly when the verifier's own choices spell it, and a calibrated head gives that event
-its probability (EAGLE-2 chooses its dynamic trees on the same estimate). A step emits E(n) + 1 tokens per row
-(the root is the verifier's own token), so the step keeps
+passes through a node exactly when the verifier's own choices spell it, and a calibrated head (s = 1) gives that
+event its probability (EAGLE-2 chooses its dynamic trees on the same estimate). A step emits E_a(n) + 1 tokens per
+row (the root is the verifier's own token), so the step keeps
 
     n* = argmax_n  sum_a (1 + E_a(n)) / (cost(n + 1) + draft_cost)
 
-with cost(t) the measured time of a verifying pass of t tokens per row and draft_cost the time spent drafting.
+with cost(t) the time of a verifying pass of t tokens per row and draft_cost the time spent drafting. cost is
+measured before the first step and then follows the passes actually run; s is the running ratio of accepted to
+expected tokens, which corrects a head that is over- or under-confident.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
@@ -32,36 +33,51 @@ TREE_SIZES = ("fixed", "auto")
 MEASURED_WIDTHS = (1, 2, 3, 5, 9, 13, 17, 25, 33, 49, 65)
 
 
-@dataclass(frozen=True)
 class PassCost:
-    """Seconds of a verifying pass as a function of the tokens fed per row, linear between measured widths.
+    """Seconds of a verifying pass feeding 1..``len(seconds)`` tokens per row.
 
-    Attributes:
-        widths: increasing token counts, the first 1.
-        seconds: the pass time at each width.
+    Args:
+        seconds: the pass time at each width 1, 2, ...
     """
 
-    widths: tuple[int, ...]
-    seconds: tuple[float, ...]
+    def __init__(self, seconds: list[float]) -> None:
+        if not seconds:
+            raise ValueError("a pass cost needs the time of at least one width")
+        self.seconds = torch.tensor(seconds, dtype=torch.float64)
+
+    @property
+    def max_tokens(self) -> int:
+        return len(self.seconds)
+
+    @classmethod
+    def interpolated(cls, widths: list[int], seconds: list[float]) -> PassCost:
+        """The cost at every width 1..widths[-1], linear between the measured ``widths`` (increasing, from 1)."""
+        if widths[0] != 1 or any(b <= a for a, b in zip(widths, widths[1:], strict=False)):
+            raise ValueError(f"widths {widths} must increase from 1")
+        every = torch.arange(1, widths[-1] + 1, dtype=torch.float64)
+        known = torch.tensor(widths, dtype=torch.float64)
+        upper = torch.searchsorted(known, every).clamp(1, max(len(widths) - 1, 1))
+        if len(widths) == 1:
+            return cls(list(seconds))
+        lower, values = upper - 1, torch.tensor(seconds, dtype=torch.float64)
+        weight = (every - known[lower]) / (known[upper] - known[lower])
+        return cls((values[lower] + weight * (values[upper] - values[lower])).tolist())
 
     def at(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(...) float64 seconds of passes feeding ``tokens`` (...) tokens per row (held flat past the widest)."""
-        widths = torch.tensor(self.widths, dtype=torch.float64)
-        seconds = torch.tensor(self.seconds, dtype=torch.float64)
-        t = tokens.double().clamp(widths[0], widths[-1])
-        upper = torch.searchsorted(widths, t).clamp(1, len(widths) - 1) if len(widths) > 1 else None
-        if upper is None:
-            return seconds[0].expand_as(t).clone()
-        lower = upper - 1
-        span = widths[upper] - widths[lower]
-        weight = (t - widths[lower]) / span
-        return seconds[lower] + weight * (seconds[upper] - seconds[lower])
+        """(...) float64 seconds of passes feeding ``tokens`` (...) tokens per row, 1..max_tokens. A wider pass
+        never costs less here: timing noise must not make a bigger tree look free."""
+        return self.seconds.cummax(0).values[tokens.long() - 1]
+
+    def observe(self, tokens: int, seconds: float, smoothing: float = 0.9) -> None:
+        """Move the cost of ``tokens``-wide passes towards a pass just timed (a running mean)."""
+        index = tokens - 1
+        self.seconds[index] = smoothing * self.seconds[index] + (1 - smoothing) * seconds
 
 
 def measure_pass_cost(run_pass: Callable[[int], None], max_tokens: int, repeats: int = 2) -> PassCost:
     """Time ``run_pass(t)`` (a verifying pass of t tokens per row that leaves the model's state as it found it)
     at the widths of :data:`MEASURED_WIDTHS` up to ``max_tokens`` (and at ``max_tokens``); the fastest of
-    ``repeats`` runs, after one warm-up of the widest."""
+    ``repeats`` runs, after one warm-up of the widest; linear in between."""
     widths = sorted({w for w in MEASURED_WIDTHS if w < max_tokens} | {max_tokens})
     run_pass(widths[-1])
     seconds = []
@@ -72,19 +88,18 @@ def measure_pass_cost(run_pass: Callable[[int], None], max_tokens: int, repeats:
             run_pass(width)
             best = min(best, time.perf_counter() - start)
         seconds.append(best)
-    # A wider pass never costs less: timing noise must not make a bigger tree look free.
-    seconds = [max(seconds[: i + 1]) for i in range(len(seconds))]
-    return PassCost(tuple(widths), tuple(seconds))
+    return PassCost.interpolated(widths, seconds)
 
 
-def best_tree_size(node_log_q: torch.Tensor, cost: PassCost, draft_seconds: float = 0.0) -> int:
-    """n* in 1..N (see the module docstring) for node scores ``node_log_q`` (A, N): log q of each node's prefix,
-    nodes ordered best first in every row."""
+def best_tree_size(
+    node_log_q: torch.Tensor, cost: PassCost, draft_seconds: float = 0.0, calibration: float = 1.0
+) -> int:
+    """n* in 1..N (see the module docstring, s = ``calibration``) for node scores ``node_log_q`` (A, N): log q of
+    each node's prefix, nodes ordered best first in every row; N + 1 <= ``cost.max_tokens``."""
     n_nodes = node_log_q.shape[1]
-    expected = node_log_q.double().exp().sum(0).cumsum(0)  # (N,) sum over rows of E_a(n), n = 1..N
-    tokens = node_log_q.shape[0] + expected
+    expected = calibration * node_log_q.double().exp().sum(0).cumsum(0)  # (N,) sum over rows of E_a(n), n = 1..N
     n = torch.arange(1, n_nodes + 1)
-    rate = tokens / (cost.at(n + 1) + draft_seconds)
+    rate = (node_log_q.shape[0] + expected) / (cost.at(n + 1) + draft_seconds)
     return int(rate.argmax()) + 1
 
 
@@ -99,17 +114,36 @@ def cost_key(batch: int, max_tokens: int, dtype: torch.dtype, device: torch.devi
 
 
 class TreeSizer:
-    """Cuts each step's draft tree to :func:`best_tree_size` nodes under a measured pass cost; the drafting time
-    it weighs against is a running mean of the steps' own."""
+    """Cuts each step's draft tree to :func:`best_tree_size` nodes and learns from the step: the pass cost of the
+    width it ran, the drafting time and the ratio of accepted to expected tokens (running means).
 
-    def __init__(self, cost: PassCost, smoothing: float = 0.8) -> None:
+    Args:
+        cost: the measured pass cost (updated in place as passes are timed).
+        smoothing: weight of the past in every running mean.
+    """
+
+    def __init__(self, cost: PassCost, smoothing: float = 0.9) -> None:
         self.cost, self.smoothing = cost, smoothing
         self.draft_seconds: float | None = None
+        self.expected, self.accepted = 1.0, 1.0  # a calibrated head until steps say otherwise
+
+    @property
+    def calibration(self) -> float:
+        return self.accepted / self.expected
 
     def choose(self, tree: DraftTree, draft_seconds: float) -> DraftTree:
-        """The first n* nodes of ``tree`` (built to its largest size, nodes best first, ``log_q`` set), drafting it
-        having taken ``draft_seconds``."""
-        if self.draft_seconds is None:
-            self.draft_seconds = draft_seconds
-        self.draft_seconds = self.smoothing * self.draft_seconds + (1 - self.smoothing) * draft_seconds
-        return tree.first(best_tree_size(tree.log_q, self.cost, self.draft_seconds))
+        """The first n* nodes of ``tree`` (nodes best first, ``log_q`` set), drafting it having taken
+        ``draft_seconds``."""
+        self.draft_seconds = (
+            draft_seconds if self.draft_seconds is None else self._mean(self.draft_seconds, draft_seconds)
+        )
+        return tree.first(best_tree_size(tree.log_q, self.cost, self.draft_seconds, self.calibration))
+
+    def observe(self, tree: DraftTree, verify_seconds: float, n_accepted: torch.Tensor) -> None:
+        """Learn from a verified step: ``tree`` (the nodes verified), the pass's time and the accepted counts (A,)."""
+        self.cost.observe(tree.size + 1, verify_seconds, self.smoothing)
+        self.expected = self._mean(self.expected, float(tree.log_q.double().exp().sum()))
+        self.accepted = self._mean(self.accepted, float(n_accepted.sum()))
+
+    def _mean(self, past: float, new: float) -> float:
+        return self.smoothing * past + (1 - self.smoothing) * new
