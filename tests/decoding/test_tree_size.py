@@ -1,6 +1,5 @@
 """Trees sized per step (tree_size="auto"): the expected-rate choice, the measured pass cost, and losslessness."""
 
-
 import pytest
 import torch
 from test_generate import EOS, build, ragged_prompts
