@@ -44,6 +44,8 @@ def test_bench_cli_writes_every_field(tiny_ckpt, tmp_path):
     assert payload["machine"]["threads"] == 1 and payload["dataset"] == "stemp"
     assert payload["attention"] == ("exact" if payload["dtype"] in ("bfloat16", "float16") else "sdpa")
     assert set(payload["results"]) == set(BENCH_MODES) and payload["skipped"] == {}
+    (costs,) = payload["pass_costs"]  # measured once, for speculative_tree_auto at batch 1
+    assert costs["batch"] == 1 and len(costs["ms"]) == costs["max_tokens"] and min(costs["ms"]) > 0
     for mode, result in payload["results"].items():
         assert all(field in result for field in MODE_FIELDS), mode
         assert result["tau"] >= 1.0, mode

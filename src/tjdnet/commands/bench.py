@@ -23,6 +23,7 @@ from tjdnet.commands.options import DataChoice, DecodingOptions, load_for_decodi
 from tjdnet.commands.test import data_source, parse_gen_modes, test_split
 from tjdnet.data import DATASETS, load_examples
 from tjdnet.decoding import AUTO_TREE_MODE, NAMED_MODES, TREE_MODE
+from tjdnet.decoding.tree_size import describe_pass_costs
 from tjdnet.evaluation import HF_MODES, format_table, hf_generator, run_modes
 from tjdnet.files import check_writable
 from tjdnet.machine import machine_info
@@ -176,6 +177,8 @@ def run_bench(
         "machine": machine_info(),
         "results": evaluation.summaries(),
         "skipped": skipped,
+        # speculative_tree_auto's verifying-pass costs per width as last updated (the first head's)
+        "pass_costs": describe_pass_costs(tjd.pass_costs),
     }
     report(payload, format_bench_table(payload), out_path, evaluation.interrupted, keep_previous_file=out is None)
     return payload

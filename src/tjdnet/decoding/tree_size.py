@@ -108,9 +108,20 @@ def check_tree_size(tree_size: str) -> None:
         raise ValueError(f"tree_size={tree_size!r} is not allowed; use one of {', '.join(TREE_SIZES)}")
 
 
+COST_KEY_FIELDS = ("batch", "max_tokens", "dtype", "device", "threads")
+
+
 def cost_key(batch: int, max_tokens: int, dtype: torch.dtype, device: torch.device) -> tuple:
-    """What a measured :class:`PassCost` depends on besides the model."""
+    """What a measured :class:`PassCost` depends on besides the model (:data:`COST_KEY_FIELDS`)."""
     return (batch, max_tokens, str(dtype), str(device), torch.get_num_threads())
+
+
+def describe_pass_costs(store: dict) -> list[dict]:
+    """The pass costs a model holds (``model.pass_costs``) as JSON-ready records, milliseconds per width 1, 2, ..."""
+    return [
+        {**dict(zip(COST_KEY_FIELDS, key, strict=True)), "ms": [round(1000 * t, 2) for t in cost.seconds.tolist()]}
+        for key, cost in store.items()
+    ]
 
 
 class TreeSizer:
