@@ -350,7 +350,9 @@ def generate(
     n_caches = 2 if verify_with_base else 1
     rows = _Rows([DynamicCache(config=model.lm.config) for _ in range(n_caches)], attention_mask, None)
 
-    def forward(tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, last_only: bool = False, count=True):
+    def forward(
+        tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, last_only: bool = False, count: bool = True
+    ):
         """One step: (the head's input (A, n, (1 + f) D), verifier log-probs (A, n, V)), n = 1 when ``last_only``
         (the prefill: no vocabulary product for the prompt's other positions); counts the passes unless not
         ``count``."""
