@@ -45,7 +45,8 @@ def test_features_match_the_model_loss(token_conditioned):
 def test_fit_head_lowers_the_loss_and_is_deterministic():
     features = collect_features(_model(), _rows(6, 16, 64), horizon=2, pad_token_id=2)
     train, held_out = features.split(8)
-    assert len(held_out) == 8 and len(train) == len(features) - 8
+    assert len(held_out) >= 8 and len(train) == len(features) - len(held_out)
+    assert not set(held_out.rows.tolist()) & set(train.rows.tolist())  # whole rows: no shared answer
     results = []
     for _ in range(2):
         model = _model(horizon=2)
@@ -56,3 +57,13 @@ def test_fit_head_lowers_the_loss_and_is_deterministic():
     assert sum(losses[-5:]) < sum(losses[:5])
     with pytest.raises(ValueError, match="steps=0"):
         fit_head(_model(), train, steps=0, batch_positions=4, lr=1e-3)
+
+
+def test_split_holds_out_whole_rows_and_refuses_to_take_them_all():
+    features = collect_features(_model(), _rows(5, 10, 64), horizon=2, pad_token_id=2, batch_size=2)
+    assert sorted(set(features.rows.tolist())) == [0, 1, 2, 3, 4]
+    train, held_out = features.split(1, seed=3)
+    assert len(set(held_out.rows.tolist())) == 1 and len(train) + len(held_out) == len(features)
+    assert len(features.split(0)[1]) == 0
+    with pytest.raises(ValueError, match="n_held_out=1000 is not allowed"):
+        features.split(1000)

@@ -131,7 +131,7 @@ def run_fit_heads(
         hidden_dim: default width of each head's adapters (eagle: of its MLP).
         draft_vocab: draft from the S most frequent answer tokens (None: the whole vocabulary).
         seq_len: longest training row in tokens.
-        held_out: positions kept out of training for the held-out NLL.
+        held_out: positions kept out of training for the held-out NLL (whole rows: at least this many).
         feature_dtype: of the backbone while it computes the features (the heads train in float32).
         seed: seed of the held-out split, the initialisation and the order of positions.
         num_threads: torch CPU threads.
@@ -163,8 +163,6 @@ def run_fit_heads(
     )
     rows = [encode_example(tokenizer, e, seq_len) for e in examples]
     features = collect_features(backbone.eval(), rows, max(s.horizon for s in specs), tokenizer.pad_token_id)
-    if held_out >= len(features):
-        raise ValueError(f"held_out={held_out} leaves no training positions; the data has {len(features)}")
     train, evaluation = features.split(held_out, seed)
     features_s = time.perf_counter() - start
     logger.info("%d answer positions (%d held out) in %.0f s", len(features), len(evaluation), features_s)

@@ -33,25 +33,34 @@ class Features:
             state, then the n feature layers' (in the backbone's dtype; heads convert it).
         targets: (N, H) the next H labels at those positions, -100 past the end of the answer.
         first: (N,) the input token after each position (what a token-conditioned head reads).
+        rows: (N,) the data row each position comes from.
     """
 
     hidden: torch.Tensor
     targets: torch.Tensor
     first: torch.Tensor
+    rows: torch.Tensor
 
     def __getitem__(self, index: torch.Tensor | slice) -> Features:
-        return Features(self.hidden[index], self.targets[index], self.first[index])
+        return Features(self.hidden[index], self.targets[index], self.first[index], self.rows[index])
 
     def __len__(self) -> int:
         return self.hidden.shape[0]
 
     def split(self, n_held_out: int, seed: int = 0) -> tuple[Features, Features]:
-        """(train, held out) at random positions; ``n_held_out`` positions go to the second."""
-        if not 0 <= n_held_out < len(self):
-            raise ValueError(f"n_held_out={n_held_out} is not allowed; there are {len(self)} positions")
-        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
-        rest, held = order[n_held_out:], order[:n_held_out]
-        return self[rest], self[held]
+        """(train, held out): whole rows, taken in a random order until at least ``n_held_out`` positions are held
+        out. Neighbouring positions of one answer share most of their targets, so a split by position would
+        score a head on targets it was trained on."""
+        row_ids, sizes = self.rows.unique(return_counts=True)
+        order = torch.randperm(len(row_ids), generator=torch.Generator().manual_seed(seed))
+        taken = int(torch.searchsorted(sizes[order].cumsum(0), n_held_out)) + 1 if n_held_out > 0 else 0
+        if not 0 <= n_held_out or taken >= len(row_ids):
+            raise ValueError(
+                f"n_held_out={n_held_out} is not allowed: it must be >= 0 and leave a row of the {len(row_ids)} rows "
+                f"({len(self)} positions) for training"
+            )
+        held = torch.isin(self.rows, row_ids[order[:taken]])
+        return self[~held], self[held]
 
     def with_layers(self, collected: Sequence[int], layers: Sequence[int]) -> Features:
         """The features a head reading ``layers`` sees, from features collected with the layers ``collected``."""
@@ -60,7 +69,7 @@ class Features:
         d = self.hidden.shape[1] // (1 + len(collected))
         blocks = [0] + [1 + list(collected).index(layer) for layer in layers]
         columns = torch.cat([torch.arange(b * d, (b + 1) * d) for b in blocks])
-        return Features(self.hidden[:, columns], self.targets, self.first)
+        return Features(self.hidden[:, columns], self.targets, self.first, self.rows)
 
 
 @torch.no_grad()
@@ -72,7 +81,7 @@ def collect_features(
     ``horizon`` is the longest horizon the features will train; a head with a shorter one uses the first
     columns of ``targets``. The features are ``model.features``: with the layers of ``model.config.feature_layers``.
     """
-    hidden, targets, first = [], [], []
+    hidden, targets, first, row_ids = [], [], [], []
     started = time.perf_counter()
     for start in range(0, len(rows), batch_size):
         if start and start % (64 * batch_size) == 0:
@@ -84,7 +93,8 @@ def collect_features(
         hidden.append(h[keep])
         targets.append(y[keep])
         first.append(next_tokens(batch["input_ids"], pad_token_id)[keep])
-    return Features(torch.cat(hidden), torch.cat(targets), torch.cat(first))
+        row_ids.append((start + torch.arange(keep.shape[0], device=keep.device))[:, None].expand_as(keep)[keep])
+    return Features(torch.cat(hidden), torch.cat(targets), torch.cat(first), torch.cat(row_ids))
 
 
 def head_nll(model: TJDModel, features: Features, draft: bool = False) -> torch.Tensor:
