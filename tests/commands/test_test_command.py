@@ -97,7 +97,16 @@ def test_sigint_in_a_real_process_writes_partial_results(tiny_ckpt, tmp_path):
     command = [sys.executable, "-m", "tjdnet.cli", "test", "--ckpt_path", str(tiny_ckpt), "--out", str(out),
                "--max_new_tokens", "48", "--num_threads", "1"]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell starting the suite in the background (`cmd &`) leaves SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler in the child: give the child the default disposition, as a terminal would.
+    process = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     for line in process.stderr:
         if "repeat 1/1: 2/100 prompts" in line:
             process.send_signal(signal.SIGINT)
