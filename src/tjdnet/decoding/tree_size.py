@@ -54,12 +54,12 @@ class PassCost:
         """The cost at every width 1..widths[-1], linear between the measured ``widths`` (increasing, from 1)."""
         if widths[0] != 1 or any(b <= a for a, b in zip(widths, widths[1:], strict=False)):
             raise ValueError(f"widths {widths} must increase from 1")
-        every = torch.arange(1, widths[-1] + 1, dtype=torch.float64)
-        known = torch.tensor(widths, dtype=torch.float64)
-        upper = torch.searchsorted(known, every).clamp(1, max(len(widths) - 1, 1))
         if len(widths) == 1:
             return cls(list(seconds))
-        lower, values = upper - 1, torch.tensor(seconds, dtype=torch.float64)
+        every = torch.arange(1, widths[-1] + 1, dtype=torch.float64)
+        known, values = torch.tensor(widths, dtype=torch.float64), torch.tensor(seconds, dtype=torch.float64)
+        upper = torch.searchsorted(known, every).clamp(1, len(widths) - 1)
+        lower = upper - 1
         weight = (every - known[lower]) / (known[upper] - known[lower])
         return cls((values[lower] + weight * (values[upper] - values[lower])).tolist())
 
