@@ -165,3 +165,34 @@ def test_distill_answers_the_first_user_turns_of_sharegpt_conversations(tiny_mod
     summary = distill(tiny_model_dir, tmp_path, source="sharegpt", path=str(sharegpt), num_questions=3)
     written = rows(tmp_path / "d.jsonl")
     assert summary["rows"] == len(written) == 3 and all(r["question"] for r in written)
+
+
+def test_fit_heads_reads_several_sources_and_learns_the_backbones_own_tokens(tiny_model_dir, tmp_path):
+    distill(tiny_model_dir, tmp_path, num_questions=12, max_new_tokens=12)
+    text = tmp_path / "text.jsonl"  # written answers, not the model's: the backbone supplies the targets
+    text.write_text(
+        "".join(json.dumps({"question": f"q{i} 3 4", "answer": f"{i} 5 6 7 8 9 1 2"}) + "\n" for i in range(8))
+    )
+    options = dict(
+        heads="eagle:1:3:w16:lr1e-2", model=tiny_model_dir, steps=4, batch_positions=16, hidden_dim=8,
+        draft_vocab=None, held_out=8, feature_dtype="float32",
+    )  # fmt: skip
+    summary = run_fit_heads(
+        f"{tmp_path / 'd.jsonl'},jsonl={text}", out_dir=str(tmp_path / "h"), targets="model", **options
+    )
+    assert summary["examples"] == 12 + 8 and summary["targets"] == "model"
+    info = summary["heads"]["eagle_r1_h3"]
+    assert info["held_out_nll_after"] < info["held_out_nll_before"]
+    trained = load_trained(tmp_path / "h" / "eagle_r1_h3")
+    prompts = torch.tensor([[5, 17, 33, 8, 9]])
+    ar = trained.model.generate(prompts, gen_mode="ar", max_new_tokens=12)
+    assert trained.model.generate(prompts, gen_mode="speculative", max_new_tokens=12, tree_nodes=5).new_tokens == (
+        ar.new_tokens
+    )
+    for data, targets, error, message in [
+        (f"{text},mystery={text}", "data", ValueError, "unknown dataset 'mystery'"),
+        (f"{text},{tmp_path / 'absent.jsonl'}", "data", FileNotFoundError, "absent.jsonl"),
+        (str(text), "teacher", ValueError, "targets='teacher' is not allowed"),
+    ]:
+        with pytest.raises(error, match=message):
+            run_fit_heads(data, out_dir=str(tmp_path / "bad"), targets=targets, **options)

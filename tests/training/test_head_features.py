@@ -67,3 +67,28 @@ def test_split_holds_out_whole_rows_and_refuses_to_take_them_all():
     assert len(features.split(0)[1]) == 0
     with pytest.raises(ValueError, match="n_held_out=1000 is not allowed"):
         features.split(1000)
+
+
+def test_model_targets_are_the_backbones_greedy_tokens_and_the_text_becomes_the_inputs():
+    model = _model(head="eagle", horizon=3, rank=1)
+    torch.nn.init.normal_(model.head.out.weight, std=0.5)  # zero at first: the drafted tokens would not matter
+    rows = _rows(3, 12, model.vocab_size)
+    data = collect_features(model, rows, horizon=3, pad_token_id=2, batch_size=2)
+    own = collect_features(model, rows, horizon=3, pad_token_id=2, batch_size=2, targets="model")
+    assert data.inputs is None and torch.equal(own.inputs, data.targets) and torch.equal(own.hidden, data.hidden)
+    ids = torch.tensor(rows[0]["input_ids"])
+    with torch.no_grad():
+        greedy = model.next_token_logits(model.features(ids[None])[0])[0].argmax(-1)  # (T,) prediction of t + 1
+    for i, t in enumerate(range(1, len(ids) - 1)):  # row 0's positions with a label (t >= 4) among the next 3
+        for k in range(3):
+            expected = int(greedy[t + k]) if 4 <= t + k + 1 < len(ids) else -100
+            assert int(own.targets[i, k]) == expected
+    assert (own.targets != data.targets).any()  # a random backbone disagrees with random text
+    # the drafter is fed the text, scored on the backbone's tokens
+    with torch.no_grad():
+        fed_text = evaluate_head(model, own)
+        own.inputs = None
+        fed_targets = evaluate_head(model, own)
+    assert fed_text != pytest.approx(fed_targets)
+    with pytest.raises(ValueError, match="targets='teacher' is not allowed"):
+        collect_features(model, rows, horizon=3, pad_token_id=2, targets="teacher")

@@ -340,10 +340,18 @@ class JointHead(nn.Module):
         return (picked - torch.logsumexp(logits, dim=-1)) * (targets != IGNORE_INDEX)
 
     def log_prob(
-        self, h: torch.Tensor, y: torch.Tensor, first: torch.Tensor | None = None, draft: bool = False
+        self,
+        h: torch.Tensor,
+        y: torch.Tensor,
+        first: torch.Tensor | None = None,
+        draft: bool = False,
+        inputs: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Exact normalised log p(y | h) for h (B, D) (or (B, (1 + n) D): :meth:`forward`), y (B, H); -100 targets
         are marginalised. (B,)
+
+        ``inputs`` (B, H): the block's tokens an autoregressive drafter is fed while scoring y (teacher forcing;
+        default y). The heads here condition on no drafted token, so they ignore it.
 
         A token-conditioned head reads ``first`` (B,), the token at the block's first position even where its
         label is ignored (default: ``y[:, 0]``, which must then be observed).

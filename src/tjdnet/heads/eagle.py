@@ -93,17 +93,26 @@ class EagleHead(JointHead):
         return DrafterBlock(self, h, self.horizon if horizon is None else horizon, vocab)
 
     def log_prob(
-        self, h: torch.Tensor, y: torch.Tensor, first: torch.Tensor | None = None, draft: bool = False
+        self,
+        h: torch.Tensor,
+        y: torch.Tensor,
+        first: torch.Tensor | None = None,
+        draft: bool = False,
+        inputs: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """log q(y | h) (B,) by teacher forcing, for h (B, (1 + n) D), y (B, H).
 
         -100 targets contribute nothing; as inputs of later steps they are read as ``first`` (position 0) or
         token 0, so ignored targets must end the block (as past the end of an answer) for the result to be a
         marginal. ``draft``: the distribution drafted from the draft vocabulary, targets outside it ignored.
+        ``inputs`` (B, H): the tokens fed at each step instead of y's (the text, when y are another model's
+        predictions of it); the result is then log q(y_k | inputs_<k, h) summed, not a joint of y.
         """
         self.check_hidden(h)
         self.check_targets(y)
-        inputs = y.clamp_min(0)
+        if inputs is not None and inputs.shape != y.shape:
+            raise ValueError(f"inputs {tuple(inputs.shape)} must have the targets' shape {tuple(y.shape)}")
+        inputs = (y if inputs is None else inputs).clamp_min(0)
         if first is not None:
             inputs = torch.cat([first[:, None], inputs[:, 1:]], dim=1)
         targets = y

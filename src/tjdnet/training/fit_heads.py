@@ -20,7 +20,7 @@ import torch
 
 from tjdnet.checks import check_int
 from tjdnet.commands.options import parse_call
-from tjdnet.data import answer_tokens, encode_example, load_examples
+from tjdnet.data import DATASETS, answer_tokens, encode_example, load_examples
 from tjdnet.data.sources import read_qa_jsonl
 from tjdnet.files import write_json
 from tjdnet.heads import check_head_settings
@@ -28,7 +28,7 @@ from tjdnet.heads.vocab import check_draft_vocab_size, frequent_tokens
 from tjdnet.loading import DTYPES
 from tjdnet.machine import machine_info
 from tjdnet.model import TJDConfig, TJDModel
-from tjdnet.training.head_features import collect_features, evaluate_head, fit_head
+from tjdnet.training.head_features import TARGETS, collect_features, evaluate_head, fit_head
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,32 @@ def _option_value(key: str, text: str) -> bool | int | float | tuple[int, ...]:
     return int(text) if key == "w" else float(text)
 
 
+def parse_sources(data: str, dataset: str) -> list[tuple[str, Path]]:
+    """``--data`` as (dataset, path) pairs: comma-separated ``path`` (read as ``dataset``) or ``<dataset>=<path>``
+    items; a one-line error for an unknown dataset or a missing path."""
+    sources = []
+    for item in data.split(","):
+        name, _, path = item.strip().rpartition("=") if "=" in item else ("", "", item.strip())
+        name = name or dataset
+        if name not in DATASETS:
+            raise ValueError(f"--data item {item!r}: unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+        if not path or not Path(path).expanduser().exists():
+            raise FileNotFoundError(f"--data {path or item!r} does not exist")
+        sources.append((name, Path(path).expanduser()))
+    return sources
+
+
+def read_source(name: str, path: Path, seed: int) -> list:
+    """The training examples of one ``--data`` source: all rows of a JSONL file, else the dataset's train split."""
+    if name == "jsonl" and path.is_file():
+        examples = read_qa_jsonl(path)  # all of it: held-out positions measure the fit
+    else:
+        examples = load_examples(name, "train", path, seed=seed)
+    if not examples:
+        raise ValueError(f"{path} holds no training examples")
+    return examples
+
+
 def run_fit_heads(
     data: str,
     heads: str = "eagle:1:4",
@@ -111,12 +137,14 @@ def run_fit_heads(
     feature_dtype: str = "bfloat16",
     seed: int = 0,
     num_threads: int | None = None,
+    targets: str = "data",
 ) -> dict:
     """Train every head of ``heads`` on ``data``; save each to ``out_dir/<name>`` and report held-out NLLs.
 
     Args:
-        data: training data: the JSONL file ``tjdnet distill`` wrote (all its rows), or a directory or file of
-            ``dataset`` (its train split).
+        data: training data, comma-separated sources: each the JSONL file ``tjdnet distill`` wrote (all its
+            rows), or a directory or file of ``dataset`` (its train split), or ``<dataset>=<path>`` for a source
+            of another dataset (e.g. ``distilled.jsonl,gsm8k=data/gsm8k``).
         heads: comma-separated ``head:rank:horizon[:tc][:w<width>][:lr<rate>][:f<layer>/<layer>...]`` (heads:
             stp, multihead, cp, mps, medusa, eagle; ``tc``: token-conditioned; ``w``: adapter / MLP width, default
             ``hidden_dim``; ``lr``: its own learning rate, default ``lr``; ``f``: the head also reads the hidden
@@ -135,6 +163,9 @@ def run_fit_heads(
         feature_dtype: of the backbone while it computes the features (the heads train in float32).
         seed: seed of the held-out split, the initialisation and the order of positions.
         num_threads: torch CPU threads.
+        targets: what the heads learn to predict: ``data``, the answers' tokens (right for self-distilled data),
+            or ``model``, the backbone's own greedy next token at each answer position given the text before it
+            (self-distillation of any text in the features pass, no generation).
     """
     if not isinstance(lr, int | float) or lr <= 0:
         raise ValueError(f"lr={lr!r} is not allowed; use a number > 0")
@@ -144,17 +175,13 @@ def run_fit_heads(
     check_int("held_out", held_out, 0)
     if feature_dtype not in DTYPES:
         raise ValueError(f"feature_dtype={feature_dtype!r} is not allowed; use one of {', '.join(DTYPES)}")
-    if not Path(data).expanduser().exists():
-        raise FileNotFoundError(f"--data {data} does not exist")
+    if targets not in TARGETS:
+        raise ValueError(f"targets={targets!r} is not allowed; use one of {', '.join(TARGETS)}")
+    sources = parse_sources(data, dataset)
     if num_threads is not None:
         check_int("num_threads", num_threads)
         torch.set_num_threads(num_threads)
-    if dataset == "jsonl" and Path(data).expanduser().is_file():
-        examples = read_qa_jsonl(Path(data).expanduser())  # all of it: held-out positions measure the fit
-    else:
-        examples = load_examples(dataset, "train", data, seed=seed)
-    if not examples:
-        raise ValueError(f"{data} holds no training examples")
+    examples = [e for name, path in sources for e in read_source(name, path, seed)]
 
     start = time.perf_counter()
     layers = sorted({layer for s in specs for layer in s.feature_layers})
@@ -162,7 +189,8 @@ def run_fit_heads(
         model, dtype=feature_dtype, model_head="stp", train_mode="head", feature_layers=layers
     )
     rows = [encode_example(tokenizer, e, seq_len) for e in examples]
-    features = collect_features(backbone.eval(), rows, max(s.horizon for s in specs), tokenizer.pad_token_id)
+    horizon = max(s.horizon for s in specs)
+    features = collect_features(backbone.eval(), rows, horizon, tokenizer.pad_token_id, targets=targets)
     train, evaluation = features.split(held_out, seed)
     features_s = time.perf_counter() - start
     logger.info("%d answer positions (%d held out) in %.0f s", len(features), len(evaluation), features_s)
@@ -216,6 +244,7 @@ def run_fit_heads(
         "data": data,
         "model": model,
         "examples": len(examples),
+        "targets": targets,
         "positions": len(features),
         "held_out": len(evaluation),
         "steps": steps,

@@ -34,15 +34,19 @@ class Features:
         targets: (N, H) the next H labels at those positions, -100 past the end of the answer.
         first: (N,) the input token after each position (what a token-conditioned head reads).
         rows: (N,) the data row each position comes from.
+        inputs: (N, H) the next H input tokens when they differ from ``targets`` (``TARGETS`` "model": an
+            autoregressive head is fed the text and scored on the backbone's predictions), else None.
     """
 
     hidden: torch.Tensor
     targets: torch.Tensor
     first: torch.Tensor
     rows: torch.Tensor
+    inputs: torch.Tensor | None = None
 
     def __getitem__(self, index: torch.Tensor | slice) -> Features:
-        return Features(self.hidden[index], self.targets[index], self.first[index], self.rows[index])
+        inputs = None if self.inputs is None else self.inputs[index]
+        return Features(self.hidden[index], self.targets[index], self.first[index], self.rows[index], inputs)
 
     def __len__(self) -> int:
         return self.hidden.shape[0]
@@ -69,32 +73,55 @@ class Features:
         d = self.hidden.shape[1] // (1 + len(collected))
         blocks = [0] + [1 + list(collected).index(layer) for layer in layers]
         columns = torch.cat([torch.arange(b * d, (b + 1) * d) for b in blocks])
-        return Features(self.hidden[:, columns], self.targets, self.first, self.rows)
+        return Features(self.hidden[:, columns], self.targets, self.first, self.rows, self.inputs)
+
+
+TARGETS = ("data", "model")
+
+
+def model_labels(model: TJDModel, labels: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """(B, T) the backbone's greedy prediction of every labelled token: ``labels`` (B, T) with each label (not
+    -100) at t > 0 replaced by the argmax of the model's next-token logits at t - 1, from its last hidden states
+    ``last`` (B, T, D) (the vocabulary product only where a label follows)."""
+    predicted = labels.clone()
+    wanted = labels[:, 1:] != IGNORE_INDEX
+    predicted[:, 1:][wanted] = model.next_token_logits(last[:, :-1][wanted]).argmax(-1)
+    return predicted
 
 
 @torch.no_grad()
 def collect_features(
-    model: TJDModel, rows: Sequence[dict], horizon: int, pad_token_id: int, batch_size: int = 8
+    model: TJDModel, rows: Sequence[dict], horizon: int, pad_token_id: int, batch_size: int = 8, targets: str = "data"
 ) -> Features:
     """Run the backbone once over encoded rows (``encode_example`` output) and keep the answer positions.
 
     ``horizon`` is the longest horizon the features will train; a head with a shorter one uses the first
     columns of ``targets``. The features are ``model.features``: with the layers of ``model.config.feature_layers``.
+    ``targets``: ``data``, the answers' own tokens, or ``model``, what the backbone itself would say next at each
+    answer position given the text before it (the text then becomes the inputs): self-distillation from one
+    pass over any text, where generating the answers (``tjdnet distill``) takes one pass per token.
     """
-    hidden, targets, first, row_ids = [], [], [], []
+    if targets not in TARGETS:
+        raise ValueError(f"targets={targets!r} is not allowed; use one of {', '.join(TARGETS)}")
+    hidden, blocks, inputs, first, row_ids = [], [], [], [], []
     started = time.perf_counter()
     for start in range(0, len(rows), batch_size):
         if start and start % (64 * batch_size) == 0:
             logger.info("features: %d / %d rows (%.0f s)", start, len(rows), time.perf_counter() - started)
         batch = collate(rows[start : start + batch_size], pad_token_id, padding_side="right")
-        _, h = model.features(batch["input_ids"], batch["attention_mask"])  # (B, T, (1 + n) D)
+        last, h = model.features(batch["input_ids"], batch["attention_mask"])  # (B, T, (1 + n) D)
         y = block_targets(batch["labels"], horizon)  # (B, T, H)
         keep = answer_positions(y, batch["attention_mask"])
+        if targets == "model":
+            labels = model_labels(model, batch["labels"], last)
+            inputs.append(y[keep])
+            y = block_targets(labels, horizon)
         hidden.append(h[keep])
-        targets.append(y[keep])
+        blocks.append(y[keep])
         first.append(next_tokens(batch["input_ids"], pad_token_id)[keep])
         row_ids.append((start + torch.arange(keep.shape[0], device=keep.device))[:, None].expand_as(keep)[keep])
-    return Features(torch.cat(hidden), torch.cat(targets), torch.cat(first), torch.cat(row_ids))
+    fed = torch.cat(inputs) if inputs else None
+    return Features(torch.cat(hidden), torch.cat(blocks), torch.cat(first), torch.cat(row_ids), fed)
 
 
 def head_nll(model: TJDModel, features: Features, draft: bool = False) -> torch.Tensor:
@@ -106,7 +133,8 @@ def head_nll(model: TJDModel, features: Features, draft: bool = False) -> torch.
     y = features.targets[:, : model.horizon]
     h = features.hidden.to(model.head.unembedding.weight.dtype)
     n_tokens = int((y != IGNORE_INDEX).sum())
-    return -model.head.log_prob(h, y, features.first, draft=draft).sum() / max(n_tokens, 1)
+    inputs = None if features.inputs is None else features.inputs[:, : model.horizon]
+    return -model.head.log_prob(h, y, features.first, draft=draft, inputs=inputs).sum() / max(n_tokens, 1)
 
 
 @torch.no_grad()
