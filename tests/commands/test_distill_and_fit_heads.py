@@ -196,3 +196,24 @@ def test_fit_heads_reads_several_sources_and_learns_the_backbones_own_tokens(tin
     ]:
         with pytest.raises(error, match=message):
             run_fit_heads(data, out_dir=str(tmp_path / "bad"), targets=targets, **options)
+
+
+def test_fit_heads_reuses_cached_features_keyed_by_data_and_settings(tiny_model_dir, tmp_path, monkeypatch):
+    from tjdnet.training import fit_heads
+
+    distill(tiny_model_dir, tmp_path, num_questions=8, max_new_tokens=10)
+    passes = []
+    collect = fit_heads.collect_features
+    monkeypatch.setattr(fit_heads, "collect_features", lambda *a, **k: passes.append(k["targets"]) or collect(*a, **k))
+    options = dict(
+        model=tiny_model_dir, steps=2, batch_positions=8, hidden_dim=8, draft_vocab=None, held_out=4,
+        feature_dtype="float32", features_cache=str(tmp_path / "features"),
+    )  # fmt: skip
+    data = str(tmp_path / "d.jsonl")
+    first = run_fit_heads(data, heads="medusa:1:3", out_dir=str(tmp_path / "a"), **options)
+    again = run_fit_heads(data, heads="medusa:1:3", out_dir=str(tmp_path / "b"), **options)
+    assert passes == ["data"] and len(list((tmp_path / "features").glob("features-*.pt"))) == 1
+    assert again["heads"]["medusa_r1_h3"]["held_out_nll_after"] == first["heads"]["medusa_r1_h3"]["held_out_nll_after"]
+    run_fit_heads(data, heads="medusa:1:3", out_dir=str(tmp_path / "c"), targets="model", **options)
+    run_fit_heads(data, heads="medusa:1:2", out_dir=str(tmp_path / "d"), **options)  # another horizon
+    assert passes == ["data", "model", "data"] and len(list((tmp_path / "features").glob("*.pt"))) == 3

@@ -28,7 +28,14 @@ from tjdnet.heads.vocab import check_draft_vocab_size, frequent_tokens
 from tjdnet.loading import DTYPES
 from tjdnet.machine import machine_info
 from tjdnet.model import TJDConfig, TJDModel
-from tjdnet.training.head_features import TARGETS, collect_features, evaluate_head, fit_head
+from tjdnet.training.head_features import (
+    TARGETS,
+    cached_features,
+    collect_features,
+    evaluate_head,
+    features_key,
+    fit_head,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +145,7 @@ def run_fit_heads(
     seed: int = 0,
     num_threads: int | None = None,
     targets: str = "data",
+    features_cache: str | None = None,
 ) -> dict:
     """Train every head of ``heads`` on ``data``; save each to ``out_dir/<name>`` and report held-out NLLs.
 
@@ -166,6 +174,9 @@ def run_fit_heads(
         targets: what the heads learn to predict: ``data``, the answers' tokens (right for self-distilled data),
             or ``model``, the backbone's own greedy next token at each answer position given the text before it
             (self-distillation of any text in the features pass, no generation).
+        features_cache: a directory to keep the backbone's features in (keyed by the encoded data, the base
+            model's fingerprint and every setting they depend on), so that another run on the same data trains
+            at once. Several GB for ~10k answers.
     """
     if not isinstance(lr, int | float) or lr <= 0:
         raise ValueError(f"lr={lr!r} is not allowed; use a number > 0")
@@ -190,11 +201,21 @@ def run_fit_heads(
     )
     rows = [encode_example(tokenizer, e, seq_len) for e in examples]
     horizon = max(s.horizon for s in specs)
-    features = collect_features(backbone.eval(), rows, horizon, tokenizer.pad_token_id, targets=targets)
+    settings = {
+        "base": backbone.base_fingerprint, "dtype": feature_dtype, "layers": layers, "horizon": horizon,
+        "targets": targets, "pad": tokenizer.pad_token_id,
+    }  # fmt: skip
+    features = cached_features(
+        features_cache,
+        features_key(rows, settings),
+        lambda: collect_features(backbone.eval(), rows, horizon, tokenizer.pad_token_id, targets=targets),
+    )
     train, evaluation = features.split(held_out, seed)
+    positions = len(features)
+    del features  # the split holds copies
     features_s = time.perf_counter() - start
-    logger.info("%d answer positions (%d held out) in %.0f s", len(features), len(evaluation), features_s)
-    del backbone
+    logger.info("%d answer positions (%d held out) in %.0f s", positions, len(evaluation), features_s)
+    backbone = None  # free it before the heads train
     vocab_ids = None
     lm, _ = TJDModel.from_base(model, dtype="float32", model_head="stp", train_mode="head")
     if draft_vocab is not None:
@@ -245,7 +266,7 @@ def run_fit_heads(
         "model": model,
         "examples": len(examples),
         "targets": targets,
-        "positions": len(features),
+        "positions": positions,
         "held_out": len(evaluation),
         "steps": steps,
         "batch_positions": batch_positions,

@@ -8,15 +8,19 @@ per step. Comparisons of heads on equal data use this.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from functools import partial
+from pathlib import Path
 
 import torch
 
 from tjdnet.data import collate
+from tjdnet.files import atomic_file
 from tjdnet.model import TJDModel, answer_positions, block_targets, next_tokens
 from tjdnet.tensorops.logspace import IGNORE_INDEX
 from tjdnet.training.module import lr_factor
@@ -122,6 +126,30 @@ def collect_features(
         row_ids.append((start + torch.arange(keep.shape[0], device=keep.device))[:, None].expand_as(keep)[keep])
     fed = torch.cat(inputs) if inputs else None
     return Features(torch.cat(hidden), torch.cat(blocks), torch.cat(first), torch.cat(row_ids), fed)
+
+
+def features_key(rows: Sequence[dict], settings: dict) -> str:
+    """A hash of the encoded rows (their tokens and labels) and every setting the features depend on."""
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode())
+    for row in rows:
+        digest.update(json.dumps([row["input_ids"], row["labels"]]).encode())
+    return digest.hexdigest()[:20]
+
+
+def cached_features(cache_dir: str | Path | None, key: str, compute: Callable[[], Features]) -> Features:
+    """``compute()``, or the Features it returned before for ``key`` when ``cache_dir`` holds them
+    (``features-<key>.pt``, written atomically). Training many heads on one data set then pays one backbone pass."""
+    if cache_dir is None:
+        return compute()
+    path = Path(cache_dir).expanduser() / f"features-{key}.pt"
+    if path.is_file():
+        logger.info("features from %s", path)
+        return Features(**torch.load(path, weights_only=True))
+    features = compute()
+    with atomic_file(path, "wb") as f:
+        torch.save({field.name: getattr(features, field.name) for field in fields(Features)}, f)
+    logger.info("features saved to %s", path)
+    return features
 
 
 def head_nll(model: TJDModel, features: Features, draft: bool = False) -> torch.Tensor:
