@@ -92,3 +92,43 @@ def test_model_targets_are_the_backbones_greedy_tokens_and_the_text_becomes_the_
     assert fed_text != pytest.approx(fed_targets)
     with pytest.raises(ValueError, match="targets='teacher' is not allowed"):
         collect_features(model, rows, horizon=3, pad_token_id=2, targets="teacher")
+
+
+def test_ahead_finds_the_backbone_features_of_later_positions_of_the_same_row():
+    model = _model(head="eagle", horizon=3, rank=1)
+    features = collect_features(model, _rows(3, 10, model.vocab_size), horizon=3, pad_token_id=2, batch_size=2)
+    index = torch.arange(len(features))
+    later, found = features.ahead(index, 2, 32)
+    for i in range(len(features)):
+        for k in range(2):
+            j = i + k + 1
+            same = j < len(features) and features.rows[j] == features.rows[i]
+            assert bool(found[i, k]) == bool(same)
+            if same:
+                assert features.positions[j] == features.positions[i] + k + 1
+                assert torch.equal(later[i, k], features.hidden[j, :32])
+
+
+def test_feature_loss_pulls_the_drafted_features_towards_the_backbones():
+    rows = _rows(6, 16, 64)
+    features = collect_features(_model(head="eagle", horizon=3, rank=1), rows, horizon=3, pad_token_id=2)
+    index = torch.arange(len(features))
+    ahead = features.ahead(index, 2, 32)
+
+    def distance(model):
+        with torch.no_grad():
+            _, drafted = model.head.scored(features.hidden, features.targets, features.first)
+            return float(model.head.feature_loss(drafted, *ahead))
+
+    distances = {}
+    for weight in (0.0, 3.0):
+        model = _model(head="eagle", horizon=3, rank=1)
+        fit_head(model, features, steps=40, batch_positions=32, lr=1e-2, log_every=0, feature_loss=weight)
+        distances[weight] = distance(model)
+    assert distances[3.0] < distances[0.0]
+    with pytest.raises(ValueError, match="feature_loss=1 is for eagle heads"):
+        fit_head(_model(), features, steps=1, batch_positions=4, lr=1e-3, feature_loss=1)
+    with pytest.raises(ValueError, match="feature_loss=-1 is not allowed"):
+        fit_head(
+            _model(head="eagle", horizon=3, rank=1), features, steps=1, batch_positions=4, lr=1e-3, feature_loss=-1
+        )

@@ -108,6 +108,17 @@ class EagleHead(JointHead):
         ``inputs`` (B, H): the tokens fed at each step instead of y's (the text, when y are another model's
         predictions of it); the result is then log q(y_k | inputs_<k, h) summed, not a joint of y.
         """
+        return self.scored(h, y, first, draft, inputs)[0]
+
+    def scored(
+        self,
+        h: torch.Tensor,
+        y: torch.Tensor,
+        first: torch.Tensor | None = None,
+        draft: bool = False,
+        inputs: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(:meth:`log_prob` (B,), the drafted features f_1..f_{H-1} (B, H - 1, D) it read them from)."""
         self.check_hidden(h)
         self.check_targets(y)
         if inputs is not None and inputs.shape != y.shape:
@@ -120,19 +131,31 @@ class EagleHead(JointHead):
         if in_subset:
             local = self.draft_vocab.to(y.device).local(y.clamp_min(0))
             targets = torch.where((y == IGNORE_INDEX) | (local < 0), IGNORE_INDEX, local)
-        picked = self.teacher_forced(h, inputs, targets.clamp_min(0), in_subset)
-        return (picked * (targets != IGNORE_INDEX)).sum(-1)
+        picked, drafted = self.teacher_forced(h, inputs, targets.clamp_min(0), in_subset)
+        return (picked * (targets != IGNORE_INDEX)).sum(-1), drafted
 
-    def teacher_forced(self, h: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor, draft: bool) -> torch.Tensor:
-        """(B, L) float32 log q(targets[:, k] | inputs[:, :k], h): the drafter fed ``inputs`` (B, L) (vocabulary
-        ids), scoring ``targets`` (B, L) (indices into the draft vocabulary when ``draft``, else vocabulary ids)."""
-        message, picked = self.initial_state(h), []
+    def feature_loss(self, drafted: torch.Tensor, backbone: torch.Tensor, found: torch.Tensor) -> torch.Tensor:
+        """EAGLE's regression loss: the mean smooth-L1 distance (per feature) of drafted features f_k (B, K, D)
+        to the backbone's own last hidden states at the same positions (B, K, D), where ``found`` (B, K)."""
+        distance = torch.nn.functional.smooth_l1_loss(drafted, backbone.to(drafted.dtype), reduction="none").mean(-1)
+        return (distance * found).sum() / found.sum().clamp_min(1)
+
+    def teacher_forced(
+        self, h: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor, draft: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """((B, L) float32 log q(targets[:, k] | inputs[:, :k], h), the features f_1..f_{L-1} (B, L - 1, D)): the
+        drafter fed ``inputs`` (B, L) (vocabulary ids), scoring ``targets`` (B, L) (indices into the draft
+        vocabulary when ``draft``, else vocabulary ids)."""
+        message, picked, drafted = self.initial_state(h), [], []
+        d = self.config.hidden_size
         for k in range(targets.shape[1]):
             if k > 0:
                 message = self.step(message, k - 1, inputs[:, k - 1])
+                drafted.append(message[..., :d])
             log_q = torch.log_softmax(self.emission_logits(message, draft=draft), dim=-1)
             picked.append(log_q.gather(-1, targets[:, k, None]).squeeze(-1))
-        return torch.stack(picked, dim=1)
+        features = torch.stack(drafted, dim=1) if drafted else message.new_zeros(message.shape[0], 0, d)
+        return torch.stack(picked, dim=1), features
 
 
 class DrafterBlock(SequentialDraft):
@@ -172,6 +195,6 @@ class DrafterBlock(SequentialDraft):
         vocabulary lacks. -100 positions ending a block are marginalised (they contribute nothing)."""
         tokens = y.clamp_min(0)
         local = tokens if self.vocab is None else self.vocab.local(tokens)
-        picked = self.head.teacher_forced(self.h, tokens, local.clamp_min(0), self.vocab is not None)
+        picked, _ = self.head.teacher_forced(self.h, tokens, local.clamp_min(0), self.vocab is not None)
         picked = picked.masked_fill(local < 0, float("-inf"))
         return torch.where(y != IGNORE_INDEX, picked, 0.0).sum(-1)

@@ -31,6 +31,7 @@ from tjdnet.model import TJDConfig, TJDModel
 from tjdnet.training.head_features import (
     TARGETS,
     cached_features,
+    check_feature_loss,
     collect_features,
     evaluate_head,
     features_key,
@@ -146,6 +147,7 @@ def run_fit_heads(
     num_threads: int | None = None,
     targets: str = "data",
     features_cache: str | None = None,
+    feature_loss: float = 0.0,
 ) -> dict:
     """Train every head of ``heads`` on ``data``; save each to ``out_dir/<name>`` and report held-out NLLs.
 
@@ -177,6 +179,8 @@ def run_fit_heads(
         features_cache: a directory to keep the backbone's features in (keyed by the encoded data, the base
             model's fingerprint and every setting they depend on), so that another run on the same data trains
             at once. Several GB for ~10k answers.
+        feature_loss: weight w of EAGLE-1's regression loss (eagle heads only): each step minimises the NLL +
+            w x the smooth-L1 distance of the drafted features to the backbone's own at the same positions.
     """
     if not isinstance(lr, int | float) or lr <= 0:
         raise ValueError(f"lr={lr!r} is not allowed; use a number > 0")
@@ -188,6 +192,8 @@ def run_fit_heads(
         raise ValueError(f"feature_dtype={feature_dtype!r} is not allowed; use one of {', '.join(DTYPES)}")
     if targets not in TARGETS:
         raise ValueError(f"targets={targets!r} is not allowed; use one of {', '.join(TARGETS)}")
+    for spec in specs:
+        check_feature_loss(feature_loss, spec.head)
     sources = parse_sources(data, dataset)
     if num_threads is not None:
         check_int("num_threads", num_threads)
@@ -244,7 +250,16 @@ def run_fit_heads(
         head_train, head_evaluation = (f.with_layers(layers, spec.feature_layers) for f in (train, evaluation))
         before = evaluate_head(head_model, head_evaluation, draft=in_draft)
         t0 = time.perf_counter()
-        losses = fit_head(head_model, head_train, steps, batch_positions, spec.lr, seed=seed, draft=in_draft)
+        losses = fit_head(
+            head_model,
+            head_train,
+            steps,
+            batch_positions,
+            spec.lr,
+            seed=seed,
+            draft=in_draft,
+            feature_loss=feature_loss,
+        )
         fit_s = time.perf_counter() - t0
         after = evaluate_head(head_model, head_evaluation, draft=in_draft)
         del head_train, head_evaluation
@@ -256,6 +271,8 @@ def run_fit_heads(
             "held_out_nll_before": before,
             "held_out_nll_after": after,
             "train_loss_last": losses[-1],
+            "feature_loss": feature_loss,
+            "targets": targets,
             "fit_s": round(fit_s, 1),
             "directory": str(directory),
         }

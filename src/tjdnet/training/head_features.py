@@ -38,6 +38,7 @@ class Features:
         targets: (N, H) the next H labels at those positions, -100 past the end of the answer.
         first: (N,) the input token after each position (what a token-conditioned head reads).
         rows: (N,) the data row each position comes from.
+        positions: (N,) each position's index in its row's tokens.
         inputs: (N, H) the next H input tokens when they differ from ``targets`` (``TARGETS`` "model": an
             autoregressive head is fed the text and scored on the backbone's predictions), else None.
     """
@@ -46,11 +47,14 @@ class Features:
     targets: torch.Tensor
     first: torch.Tensor
     rows: torch.Tensor
+    positions: torch.Tensor
     inputs: torch.Tensor | None = None
 
     def __getitem__(self, index: torch.Tensor | slice) -> Features:
         inputs = None if self.inputs is None else self.inputs[index]
-        return Features(self.hidden[index], self.targets[index], self.first[index], self.rows[index], inputs)
+        return Features(
+            self.hidden[index], self.targets[index], self.first[index], self.rows[index], self.positions[index], inputs
+        )
 
     def __len__(self) -> int:
         return self.hidden.shape[0]
@@ -77,7 +81,16 @@ class Features:
         d = self.hidden.shape[1] // (1 + len(collected))
         blocks = [0] + [1 + list(collected).index(layer) for layer in layers]
         columns = torch.cat([torch.arange(b * d, (b + 1) * d) for b in blocks])
-        return Features(self.hidden[:, columns], self.targets, self.first, self.rows, self.inputs)
+        return Features(self.hidden[:, columns], self.targets, self.first, self.rows, self.positions, self.inputs)
+
+    def ahead(self, index: torch.Tensor, steps: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last hidden states (the first ``width`` columns) 1..``steps`` tokens after each position of
+        ``index`` (B,) in the same row, (B, steps, width), and (B, steps) bool: where that position is here."""
+        later = index[:, None] + torch.arange(1, steps + 1)  # positions of a row are stored in order
+        safe = later.clamp_max(len(self) - 1)
+        found = (later < len(self)) & (self.rows[safe] == self.rows[index, None])
+        found &= self.positions[safe] == self.positions[index, None] + torch.arange(1, steps + 1)
+        return self.hidden[safe, :width], found
 
 
 TARGETS = ("data", "model")
@@ -107,7 +120,7 @@ def collect_features(
     """
     if targets not in TARGETS:
         raise ValueError(f"targets={targets!r} is not allowed; use one of {', '.join(TARGETS)}")
-    hidden, blocks, inputs, first, row_ids = [], [], [], [], []
+    hidden, blocks, inputs, first, row_ids, positions = [], [], [], [], [], []
     started = time.perf_counter()
     for start in range(0, len(rows), batch_size):
         if start and start % (64 * batch_size) == 0:
@@ -124,8 +137,11 @@ def collect_features(
         blocks.append(y[keep])
         first.append(next_tokens(batch["input_ids"], pad_token_id)[keep])
         row_ids.append((start + torch.arange(keep.shape[0], device=keep.device))[:, None].expand_as(keep)[keep])
+        positions.append(torch.arange(keep.shape[1], device=keep.device).expand_as(keep)[keep])
     fed = torch.cat(inputs) if inputs else None
-    return Features(torch.cat(hidden), torch.cat(blocks), torch.cat(first), torch.cat(row_ids), fed)
+    return Features(
+        torch.cat(hidden), torch.cat(blocks), torch.cat(first), torch.cat(row_ids), torch.cat(positions), fed
+    )
 
 
 def features_key(rows: Sequence[dict], settings: dict) -> str:
@@ -158,11 +174,23 @@ def head_nll(model: TJDModel, features: Features, draft: bool = False) -> torch.
     ``draft``: of the head's draft distribution, targets outside its draft vocabulary ignored
     (:meth:`~tjdnet.heads.base.JointHead.log_prob`); the mean is still over all target tokens.
     """
+    return _head_loss(model, features, draft)[0]
+
+
+def _head_loss(
+    model: TJDModel, features: Features, draft: bool, ahead: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(:func:`head_nll`, the eagle head's :meth:`~tjdnet.heads.eagle.EagleHead.feature_loss` against the
+    backbone's features ``ahead`` (:meth:`Features.ahead`), or None without them)."""
     y = features.targets[:, : model.horizon]
     h = features.hidden.to(model.head.unembedding.weight.dtype)
-    n_tokens = int((y != IGNORE_INDEX).sum())
+    n_tokens = max(int((y != IGNORE_INDEX).sum()), 1)
     inputs = None if features.inputs is None else features.inputs[:, : model.horizon]
-    return -model.head.log_prob(h, y, features.first, draft=draft, inputs=inputs).sum() / max(n_tokens, 1)
+    if ahead is None:
+        return -model.head.log_prob(h, y, features.first, draft=draft, inputs=inputs).sum() / n_tokens, None
+    log_q, drafted = model.head.scored(h, y, features.first, draft=draft, inputs=inputs)
+    backbone, found = ahead
+    return -log_q.sum() / n_tokens, model.head.feature_loss(drafted, backbone, found)
 
 
 @torch.no_grad()
@@ -177,6 +205,14 @@ def evaluate_head(model: TJDModel, features: Features, batch_positions: int = 25
     return total / max(count, 1)
 
 
+def check_feature_loss(weight: object, head: str) -> None:
+    """A one-line error unless ``weight`` is a number >= 0, and 0 for a head that drafts no features."""
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+        raise ValueError(f"feature_loss={weight!r} is not allowed; use a number >= 0")
+    if weight and head != "eagle":
+        raise ValueError(f"feature_loss={weight} is for eagle heads, which draft features; {head} drafts none")
+
+
 def fit_head(
     model: TJDModel,
     features: Features,
@@ -187,15 +223,19 @@ def fit_head(
     seed: int = 0,
     log_every: int = 5,
     draft: bool = False,
+    feature_loss: float = 0.0,
 ) -> list[float]:
     """Train ``model.head`` (only) on the features with AdamW and the ``fit`` schedule; returns step losses.
 
     The positions of each step come from ``seed`` alone (an epoch-wise shuffle), so heads trained with the
     same seed, steps and batch size see exactly the same data in the same order. ``draft``: train the
-    distribution drafted from the head's draft vocabulary (:func:`head_nll`).
+    distribution drafted from the head's draft vocabulary (:func:`head_nll`). ``feature_loss`` w > 0 (eagle
+    only): minimise NLL + w x the distance of the drafted features to the backbone's own at the same positions
+    (EAGLE-1's regression loss; the losses returned are the NLLs).
     """
     if steps < 1 or batch_positions < 1:
         raise ValueError(f"steps={steps} and batch_positions={batch_positions} must both be >= 1")
+    check_feature_loss(feature_loss, model.config.model_head)
     params = [p for p in model.head.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, warmup=warmup_steps, total=steps))
@@ -208,9 +248,10 @@ def fit_head(
             order, cursor = torch.randperm(len(features), generator=generator), 0
         index = order[cursor : cursor + batch_positions]
         cursor += batch_positions
-        loss = head_nll(model, features[index], draft)
+        ahead = features.ahead(index, model.horizon - 1, model.head.config.hidden_size) if feature_loss else None
+        loss, regression = _head_loss(model, features[index], draft, ahead)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if regression is None else loss + feature_loss * regression).backward()
         optimizer.step()
         scheduler.step()
         losses.append(loss.item())
