@@ -29,12 +29,11 @@ from tjdnet.loading import DTYPES
 from tjdnet.machine import machine_info
 from tjdnet.model import TJDConfig, TJDModel
 from tjdnet.training.head_features import (
-    TARGETS,
     cached_features,
     check_feature_loss,
+    check_targets,
     collect_features,
     evaluate_head,
-    features_key,
     fit_head,
 )
 
@@ -190,8 +189,7 @@ def run_fit_heads(
     check_int("held_out", held_out, 0)
     if feature_dtype not in DTYPES:
         raise ValueError(f"feature_dtype={feature_dtype!r} is not allowed; use one of {', '.join(DTYPES)}")
-    if targets not in TARGETS:
-        raise ValueError(f"targets={targets!r} is not allowed; use one of {', '.join(TARGETS)}")
+    check_targets(targets)
     for spec in specs:
         check_feature_loss(feature_loss, spec.head)
     sources = parse_sources(data, dataset)
@@ -213,7 +211,8 @@ def run_fit_heads(
     }  # fmt: skip
     features = cached_features(
         features_cache,
-        features_key(rows, settings),
+        rows,
+        settings,
         lambda: collect_features(backbone.eval(), rows, horizon, tokenizer.pad_token_id, targets=targets),
     )
     train, evaluation = features.split(held_out, seed)

@@ -86,14 +86,21 @@ class Features:
     def ahead(self, index: torch.Tensor, steps: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The last hidden states (the first ``width`` columns) 1..``steps`` tokens after each position of
         ``index`` (B,) in the same row, (B, steps, width), and (B, steps) bool: where that position is here."""
-        later = index[:, None] + torch.arange(1, steps + 1)  # positions of a row are stored in order
+        offsets = torch.arange(1, steps + 1)
+        later = index[:, None] + offsets  # positions of a row are stored in order
         safe = later.clamp_max(len(self) - 1)
         found = (later < len(self)) & (self.rows[safe] == self.rows[index, None])
-        found &= self.positions[safe] == self.positions[index, None] + torch.arange(1, steps + 1)
+        found &= self.positions[safe] == self.positions[index, None] + offsets
         return self.hidden[safe, :width], found
 
 
 TARGETS = ("data", "model")
+
+
+def check_targets(targets: object) -> None:
+    """A one-line error unless ``targets`` is one of :data:`TARGETS`."""
+    if targets not in TARGETS:
+        raise ValueError(f"targets={targets!r} is not allowed; use one of {', '.join(TARGETS)}")
 
 
 def model_labels(model: TJDModel, labels: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
@@ -118,8 +125,7 @@ def collect_features(
     answer position given the text before it (the text then becomes the inputs): self-distillation from one
     pass over any text, where generating the answers (``tjdnet distill``) takes one pass per token.
     """
-    if targets not in TARGETS:
-        raise ValueError(f"targets={targets!r} is not allowed; use one of {', '.join(TARGETS)}")
+    check_targets(targets)
     hidden, blocks, inputs, first, row_ids, positions = [], [], [], [], [], []
     started = time.perf_counter()
     for start in range(0, len(rows), batch_size):
@@ -152,12 +158,15 @@ def features_key(rows: Sequence[dict], settings: dict) -> str:
     return digest.hexdigest()[:20]
 
 
-def cached_features(cache_dir: str | Path | None, key: str, compute: Callable[[], Features]) -> Features:
-    """``compute()``, or the Features it returned before for ``key`` when ``cache_dir`` holds them
-    (``features-<key>.pt``, written atomically). Training many heads on one data set then pays one backbone pass."""
+def cached_features(
+    cache_dir: str | Path | None, rows: Sequence[dict], settings: dict, compute: Callable[[], Features]
+) -> Features:
+    """``compute()``, or the Features it returned before for these encoded ``rows`` and ``settings`` when
+    ``cache_dir`` holds them (``features-<key>.pt``, :func:`features_key`, written atomically). Training many heads
+    on one data set then pays one backbone pass."""
     if cache_dir is None:
         return compute()
-    path = Path(cache_dir).expanduser() / f"features-{key}.pt"
+    path = Path(cache_dir).expanduser() / f"features-{features_key(rows, settings)}.pt"
     if path.is_file():
         logger.info("features from %s", path)
         return Features(**torch.load(path, weights_only=True))
