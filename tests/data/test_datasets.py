@@ -6,7 +6,7 @@ import pytest
 from tjdnet.data.answers import parse_answer
 from tjdnet.data.examples import Conversation, Example
 from tjdnet.data.registry import DATASETS, load_examples
-from tjdnet.data.sources import load_gsm8k
+from tjdnet.data.sources import load_gsm8k, strip_calculator_annotations
 
 
 def test_gsm8k_splits(shared_data):
@@ -20,6 +20,14 @@ def test_gsm8k_splits(shared_data):
     assert not questions & {e.question for e in held_out}
     assert not {e.question for e in train} & {e.question for e in held_out}
     assert all(isinstance(e, Example) and not math.isnan(parse_answer(e.answer)) for e in test)
+
+
+def test_gsm8k_answers_lose_their_calculator_annotations(shared_data):
+    assert strip_calculator_annotations("48/2 = <<48/2=24>>24 clips, 2 << 3") == "48/2 = 24 clips, 2 << 3"
+    train = load_examples("gsm8k", "train", shared_data / "gsm8k")
+    assert train[0].answer.startswith("Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips")
+    test = load_examples("gsm8k", "test", shared_data / "gsm8k")
+    assert not any("<<" in e.answer for e in train + test)
 
 
 def test_gsm8k_from_a_single_file(shared_data):

@@ -6,6 +6,7 @@ last lines), ``train`` is the rest, and ``test`` is the test file. Model selecti
 
 import importlib.util
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ SHAREGPT_ROLES = {
 QA_TRAIN_FILE = "train.jsonl"
 QA_TEST_FILES = ("test.jsonl", "dev.jsonl")  # the first one present is the test split
 MT_BENCH_FILE = "question.jsonl"
+CALCULATOR_ANNOTATION = re.compile(r"<<[^<>]*>>")  # GSM8K's "48/2 = <<48/2=24>>24": the calculator call
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -79,12 +81,21 @@ def load_qa(split: str, path: Path) -> list[Example]:
     return split_train_eval(read_qa_jsonl(train_file), split)
 
 
+def strip_calculator_annotations(answer: str) -> str:
+    """A GSM8K answer without its calculator annotations: ``"48/2 = <<48/2=24>>24"`` -> ``"48/2 = 24"``.
+
+    The annotations were written for a calculator tool; a model decoding on its own never writes them, so text
+    trained on (and drafters trained on its contexts) should not hold them either."""
+    return CALCULATOR_ANNOTATION.sub("", answer)
+
+
 def load_gsm8k(split: str, path: Path | None) -> list[Example]:
     """GSM8K from ``path`` (see ``load_qa``), else from the hub (``openai/gsm8k``, ``main``) if ``datasets`` is
-    installed. Train 7,473 - 100 held out for eval; test 1,319 on the hub."""
+    installed, answers without their calculator annotations (:func:`strip_calculator_annotations`). Train
+    7,473 - 100 held out for eval; test 1,319 on the hub."""
     _check_split(split, SPLITS, "gsm8k")
     if path is not None:
-        return load_qa(split, path)
+        return [Example(e.question, strip_calculator_annotations(e.answer)) for e in load_qa(split, path)]
     if importlib.util.find_spec("datasets") is None:
         raise FileNotFoundError(
             "gsm8k needs local data: pass --data.path DIR holding train.jsonl and test.jsonl or dev.jsonl "
@@ -93,7 +104,7 @@ def load_gsm8k(split: str, path: Path | None) -> list[Example]:
     import datasets
 
     rows = datasets.load_dataset("openai/gsm8k", "main", split="test" if split == "test" else "train")
-    examples = [Example(row["question"], row["answer"]) for row in rows]
+    examples = [Example(row["question"], strip_calculator_annotations(row["answer"])) for row in rows]
     return examples if split == "test" else split_train_eval(examples, split)
 
 

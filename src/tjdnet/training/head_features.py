@@ -37,7 +37,7 @@ class Features:
             state, then the n feature layers' (in the backbone's dtype; heads convert it).
         targets: (N, H) the next H labels at those positions, -100 past the end of the answer.
         first: (N,) the input token after each position (what a token-conditioned head reads).
-        rows: (N,) the data row each position comes from.
+        rows: (N,) the data row each position comes from (each row's positions are stored together).
         positions: (N,) each position's index in its row's tokens.
         inputs: (N, H) the next H input tokens when they differ from ``targets`` (``TARGETS`` "model": an
             autoregressive head is fed the text and scored on the backbone's predictions), else None.
@@ -121,6 +121,7 @@ def collect_features(
 
     ``horizon`` is the longest horizon the features will train; a head with a shorter one uses the first
     columns of ``targets``. The features are ``model.features``: with the layers of ``model.config.feature_layers``.
+    Rows run in batches of alike length (shortest first), and their positions are stored in that order, row by row.
     ``targets``: ``data``, the answers' own tokens, or ``model``, what the backbone itself would say next at each
     answer position given the text before it (the text then becomes the inputs): self-distillation from one
     pass over any text, where generating the answers (``tjdnet distill``) takes one pass per token.
@@ -128,10 +129,12 @@ def collect_features(
     check_targets(targets)
     hidden, blocks, inputs, first, row_ids, positions = [], [], [], [], [], []
     started = time.perf_counter()
+    by_length = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))  # batches of alike rows: less padding
     for start in range(0, len(rows), batch_size):
         if start and start % (64 * batch_size) == 0:
             logger.info("features: %d / %d rows (%.0f s)", start, len(rows), time.perf_counter() - started)
-        batch = collate(rows[start : start + batch_size], pad_token_id, padding_side="right")
+        chosen = by_length[start : start + batch_size]
+        batch = collate([rows[i] for i in chosen], pad_token_id, padding_side="right")
         last, h = model.features(batch["input_ids"], batch["attention_mask"])  # (B, T, (1 + n) D)
         y = block_targets(batch["labels"], horizon)  # (B, T, H)
         keep = answer_positions(y, batch["attention_mask"])
@@ -142,7 +145,7 @@ def collect_features(
         hidden.append(h[keep])
         blocks.append(y[keep])
         first.append(next_tokens(batch["input_ids"], pad_token_id)[keep])
-        row_ids.append((start + torch.arange(keep.shape[0], device=keep.device))[:, None].expand_as(keep)[keep])
+        row_ids.append(torch.tensor(chosen, device=keep.device)[:, None].expand_as(keep)[keep])
         positions.append(torch.arange(keep.shape[1], device=keep.device).expand_as(keep)[keep])
     fed = torch.cat(inputs) if inputs else None
     return Features(
