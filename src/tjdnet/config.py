@@ -55,6 +55,9 @@ class TJDConfig:
             vocabulary.
         feature_layers: the head also reads the hidden states after these decoder layers (1 .. layers - 1;
             EAGLE-3's fused low/mid-level features), fused into its input; empty: the last hidden state only.
+        context_window: ``eagle`` only: the drafter also attends over the backbone's features of the W latest
+            generated positions and the tokens after them, as EAGLE's drafter reads the prefix (0: over the
+            drafted block only).
     """
 
     model: str = DEFAULT_MODEL
@@ -74,6 +77,7 @@ class TJDConfig:
     token_conditioned: bool = False
     draft_vocab_size: int | None = None
     feature_layers: list[int] = field(default_factory=list)
+    context_window: int = 0
 
     def __post_init__(self) -> None:
         if self.model_head not in HEADS:
@@ -87,7 +91,13 @@ class TJDConfig:
         self.lora_target_modules = list(self.lora_target_modules)
         self.feature_layers = list(self.feature_layers)
         check_head_settings(
-            self.model_head, self.horizon, self.rank, self.hidden_dim, self.token_conditioned, self.feature_layers
+            self.model_head,
+            self.horizon,
+            self.rank,
+            self.hidden_dim,
+            self.token_conditioned,
+            self.feature_layers,
+            self.context_window,
         )
         if self.train_mode not in TRAIN_MODES:
             raise ValueError(f"unknown train_mode {self.train_mode!r}; allowed: {', '.join(TRAIN_MODES)}")

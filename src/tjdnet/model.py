@@ -29,6 +29,7 @@ from tjdnet.decoding import generate
 from tjdnet.files import atomic_directory, read_json
 from tjdnet.fingerprint import base_fingerprint, check_base
 from tjdnet.heads import HeadConfig, JointHead, make_head
+from tjdnet.heads.window import sequence_windows
 from tjdnet.kernels import cpu_kernels
 from tjdnet.loading import load_causal_lm
 from tjdnet.tensorops.logspace import IGNORE_INDEX
@@ -130,6 +131,7 @@ class TJDModel(nn.Module):
             hidden_dim=config.hidden_dim,
             token_conditioned=config.token_conditioned,
             extra_features=len(config.feature_layers),
+            context_window=config.context_window,
         )
         check_feature_layers(config.feature_layers, lm.config.num_hidden_layers)
         head = make_head(self.head_config, unembedding, lm.get_input_embeddings())
@@ -264,6 +266,7 @@ class TJDModel(nn.Module):
             hidden, head_input = self.features(input_ids, attention_mask)  # (B, T, D), (B, T, (1 + n) D)
         targets = block_targets(labels, horizon)  # (B, T, H)
         keep = answer_positions(targets, attention_mask)
+        answers = keep.clone()
         if self.config.use_memory_efficient_loss and horizon > 1:
             phase = int(torch.randint(horizon, (1,)))
             positions = torch.arange(input_ids.shape[1], device=input_ids.device)
@@ -273,7 +276,13 @@ class TJDModel(nn.Module):
         # A head that drafts from a subset of the vocabulary learns the distribution it will draft from, at S/V of
         # the cost; `full` mode keeps the loss over the whole vocabulary.
         in_draft_vocab = self.head.draft_vocab is not None and self.config.train_mode != "full"
-        head_nll = -self.head.log_prob(h, y, first, draft=in_draft_vocab).sum() / max(n_tokens, 1)
+        window = {}
+        if self.head.window_size:  # the earlier answer positions, as decoding will give them
+            rows, positions = keep.nonzero(as_tuple=True)
+            window["window"] = sequence_windows(
+                head_input, next_tokens(input_ids), answers, self.head.window_size, rows, positions
+            )
+        head_nll = -self.head.log_prob(h, y, first, draft=in_draft_vocab, **window).sum() / max(n_tokens, 1)
         loss, lm_nll = head_nll, None
         if self.config.loss_mode == "joint":
             first = targets[..., :1]  # every position with a next-token label, not only the kept ones

@@ -20,6 +20,7 @@ from tjdnet.decoding.acceptance import greedy_accept, greedy_accept_tree, specul
 from tjdnet.decoding.stats import GenerationStats, RowStats
 from tjdnet.decoding.tree import DEFAULT_TREE_NODES, DEFAULT_TREE_TOPK, DraftTree, build_draft_tree, tree_attention_mask
 from tjdnet.decoding.tree_size import PassCost, TreeSizer, check_tree_size, cost_key, measure_pass_cost
+from tjdnet.heads.window import Window
 from tjdnet.kernels import cpu_kernels
 from tjdnet.sampling import SamplingConfig, choose_tokens, process_log_probs
 
@@ -380,8 +381,10 @@ def generate(
         hidden, log_p = hidden[:, -1], log_p[:, -1]
         stats.prefill_time_s = time.perf_counter() - start
 
+        # a drafter attending over the latest positions starts with none: only generated ones enter its window
+        window = Window.empty(batch, model.head.window_size, hidden) if model.head.window_size else None
         if gen_mode == "draft":
-            _draft_loop(model, rows, hidden, config, horizon, out, stats, forward, generator)
+            _draft_loop(model, rows, hidden, config, horizon, out, stats, forward, generator, window)
         else:
             draft_len = 0 if gen_mode == "ar" else horizon - 1
             pending = choose_tokens(log_p, config, generator)
@@ -390,7 +393,7 @@ def generate(
                 sizer = TreeSizer(_pass_cost(model, rows, pending, tree_nodes + 1, forward, hidden.dtype))
             _speculative_loop(
                 model, rows, hidden, pending, config, draft_len, out, stats, forward, generator, tree_nodes, tree_topk,
-                verify=gen_mode != "draft_anchored", sizer=sizer,
+                verify=gen_mode != "draft_anchored", sizer=sizer, window=window,
             )  # fmt: skip
     stats.decode_time_s = time.perf_counter() - start - stats.prefill_time_s
     return _finish(input_ids, out, stats, pad_token_id, streamer)
@@ -438,9 +441,10 @@ def _speculative_loop(
     tree_topk,
     verify=True,
     sizer: TreeSizer | None = None,
+    window: Window | None = None,
 ) -> None:
     """Commit the verifier's pending token, draft after it (a chain, or a tree of ``tree_nodes`` nodes),
-    verify the draft in one pass; repeat.
+    verify the draft in one pass; repeat. ``window``: the rows' context windows, for a head that reads them.
 
     ``draft_len = 0`` is plain autoregressive decoding. ``verify=False`` (``draft_anchored``) takes every drafted
     token unchecked: each pass then emits the next-token head's token and ``draft_len`` tokens of the joint head
@@ -455,12 +459,19 @@ def _speculative_loop(
             return
         if not keep.all():
             rows.select(keep)
-            hidden, pending = hidden[keep], pending[keep]
+            hidden, pending, window = hidden[keep], pending[keep], None if window is None else window[keep]
         k = min(draft_len, max(out.remaining(r) for r in rows.index.tolist()) - 1)
         if k > 0 and tree_nodes > 0:
-            step = _tree_step(model, rows, hidden, pending, k, tree_nodes, tree_topk, forward, sizer)
+            step = _tree_step(model, rows, hidden, pending, k, tree_nodes, tree_topk, forward, sizer, window)
         else:
-            step = _chain_step(model, rows, hidden, pending, k, config, forward, generator, verify)
+            step = _chain_step(model, rows, hidden, pending, k, config, forward, generator, verify, window)
+        if window is not None:  # the positions this step kept: the last one before it, then those it fed
+            kept = torch.arange(k + 1, device=hidden.device)[None] <= step.n_accepted[:, None]
+            window = window.push(
+                torch.cat([hidden[:, None], step.path_hidden[:, :k]], dim=1),
+                torch.cat([pending[:, None], step.accepted], dim=1),
+                kept,
+            )
         n_accepted, pending, hidden = step.n_accepted, step.pending, step.hidden
         stats.decode_steps += 1
         for a, r in enumerate(rows.index.tolist()):
@@ -482,27 +493,38 @@ def _speculative_loop(
             return
         if not still.all():
             rows.select(still)
-            hidden, pending = hidden[still], pending[still]
+            hidden, pending, window = hidden[still], pending[still], None if window is None else window[still]
 
 
 @dataclass
 class _Step:
     """One verified step: ``n_accepted`` (A,) of the ``accepted`` (A, k) drafted tokens were taken, ``pending``
-    (A,) is the verifier's next token, ``hidden`` (A, D) the last kept token's hidden state, ``drafted`` the
-    number of drafted tokens fed per row."""
+    (A,) is the verifier's next token, ``path_hidden`` (A, k + 1, F) the head's inputs at the fed positions along
+    the accepted path (the first n_accepted + 1 of them kept), ``drafted`` the number of drafted tokens fed per
+    row."""
 
     accepted: torch.Tensor
     n_accepted: torch.Tensor
     pending: torch.Tensor
-    hidden: torch.Tensor
+    path_hidden: torch.Tensor
     drafted: int
 
+    @property
+    def hidden(self) -> torch.Tensor:
+        """(A, F) the head's input at the last kept position."""
+        return self.path_hidden[torch.arange(len(self.n_accepted)), self.n_accepted]
 
-def _chain_step(model, rows, hidden, pending, k, config, forward, generator, verify=True) -> _Step:
+
+def _head_block(head, hidden: torch.Tensor, horizon: int, first=None, window: Window | None = None):
+    """The head's block distribution after ``hidden``, given the rows' context ``window`` when it reads one."""
+    return head(hidden, horizon=horizon, first=first, **({} if window is None else {"window": window}))
+
+
+def _chain_step(model, rows, hidden, pending, k, config, forward, generator, verify=True, window=None) -> _Step:
     """Draft one chain of k tokens after ``pending`` and verify it (k = 0: a plain step; ``verify=False``: take
     the whole chain, the verifier choosing only the token after it)."""
     if k > 0:
-        block = model.head(hidden, horizon=k + 1, first=pending)
+        block = _head_block(model.head, hidden, k + 1, pending, window)
         draft, draft_log_q = block.draft(config, prefix=pending[:, None], generator=generator)
     else:
         draft = pending.new_zeros(len(pending), 0)
@@ -516,15 +538,14 @@ def _chain_step(model, rows, hidden, pending, k, config, forward, generator, ver
     else:
         n_accepted, pending = greedy_accept(draft, log_p)
     rows.keep_first(k + 1, n_accepted + 1)
-    last = step_hidden[torch.arange(len(n_accepted)), n_accepted]
-    return _Step(draft, n_accepted, pending, last, k)
+    return _Step(draft, n_accepted, pending, step_hidden, k)
 
 
-def _tree_step(model, rows, hidden, pending, k, tree_nodes, tree_topk, forward, sizer=None) -> _Step:
+def _tree_step(model, rows, hidden, pending, k, tree_nodes, tree_topk, forward, sizer=None, window=None) -> _Step:
     """Draft a tree of ``tree_nodes`` continuations (depth <= k) after ``pending`` and verify it greedily (the
     first nodes of it, as many as ``sizer`` chooses, when given)."""
     start = time.perf_counter()
-    block = model.head(hidden, horizon=k + 1, first=pending)
+    block = _head_block(model.head, hidden, k + 1, pending, window)
     tree = build_draft_tree(block, pending, k, tree_nodes, tree_topk)
     if sizer is not None:
         tree = sizer.choose(tree, time.perf_counter() - start)
@@ -536,15 +557,16 @@ def _tree_step(model, rows, hidden, pending, k, tree_nodes, tree_topk, forward, 
         sizer.observe(tree, time.perf_counter() - start, n_accepted)
     accepted = tree.tokens.gather(1, (path[:, 1:] - 1).clamp_min(0))  # (A, k) tokens along the path
     rows.keep_path(tree.size + 1, path, n_accepted + 1)
-    last = step_hidden[torch.arange(len(n_accepted)), path.gather(1, n_accepted[:, None]).squeeze(1)]
-    return _Step(accepted, n_accepted, pending, last, tree.size)
+    along = path.clamp_min(0)[..., None].expand(-1, -1, step_hidden.shape[-1])
+    return _Step(accepted, n_accepted, pending, step_hidden.gather(1, along), tree.size)
 
 
-def _draft_loop(model, rows, hidden, config, horizon, out, stats, forward, generator) -> None:
-    """Take ``horizon`` tokens per pass from the joint head alone (lossy)."""
+def _draft_loop(model, rows, hidden, config, horizon, out, stats, forward, generator, window=None) -> None:
+    """Take ``horizon`` tokens per pass from the joint head alone (lossy); ``window`` as in
+    :func:`_speculative_loop`."""
     while True:
         k = min(horizon, max(out.remaining(r) for r in rows.index.tolist()))
-        tokens = _draft_block(model.head, hidden, k, config, generator)
+        tokens = _draft_block(model.head, hidden, k, config, generator, window)
         for a, r in enumerate(rows.index.tolist()):
             stats.rows[r].new_tokens += out.commit(r, tokens[a].tolist())
         keep = torch.tensor([not out.finished[r] for r in rows.index.tolist()], device=hidden.device)
@@ -552,18 +574,21 @@ def _draft_loop(model, rows, hidden, config, horizon, out, stats, forward, gener
             return
         if not keep.all():
             rows.select(keep)
-            tokens = tokens[keep]
+            tokens, hidden, window = tokens[keep], hidden[keep], None if window is None else window[keep]
         mask, positions = rows.feed_inputs(k)
         step_hidden, _ = forward(tokens, mask, positions)
         stats.decode_steps += 1
         rows.keep_first(k, torch.full_like(rows.next_pos, k))
+        if window is not None:
+            fed = torch.cat([hidden[:, None], step_hidden[:, :-1]], dim=1)
+            window = window.push(fed, tokens, torch.ones_like(tokens, dtype=torch.bool))
         hidden = step_hidden[:, -1]
 
 
-def _draft_block(head, hidden: torch.Tensor, k: int, config: SamplingConfig, generator) -> torch.Tensor:
+def _draft_block(head, hidden: torch.Tensor, k: int, config: SamplingConfig, generator, window=None) -> torch.Tensor:
     """(A, k) tokens from the head alone; a token-conditioned head first chooses y_1, then the rest given it."""
     if not head.token_conditioned or k == 1:
-        return head(hidden, horizon=k).draft(config, generator=generator)[0]
+        return _head_block(head, hidden, k, window=window).draft(config, generator=generator)[0]
     first, _ = head(hidden, horizon=1).draft(config, generator=generator)
     rest, _ = head(hidden, horizon=k, first=first[:, 0]).draft(config, prefix=first, generator=generator)
     return torch.cat([first, rest], dim=1)

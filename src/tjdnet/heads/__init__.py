@@ -36,7 +36,13 @@ def validate_head_config(config: HeadConfig) -> None:
 
 
 def check_head_settings(
-    name: str, horizon: int, rank: int, hidden_dim: int, token_conditioned: bool, feature_layers: Sequence[int] = ()
+    name: str,
+    horizon: int,
+    rank: int,
+    hidden_dim: int,
+    token_conditioned: bool,
+    feature_layers: Sequence[int] = (),
+    context_window: int = 0,
 ) -> None:
     """Raise a one-line ValueError naming the first bad head setting (those a user chooses). Whether the feature
     layers exist in the backbone is checked when the head is put on it (:func:`tjdnet.model.check_feature_layers`)."""
@@ -57,6 +63,9 @@ def check_head_settings(
         check_int("feature_layers", layer)
     if len(set(feature_layers)) != len(feature_layers):
         raise ValueError(f"feature_layers={list(feature_layers)} names a layer twice")
+    check_int("context_window", context_window, 0)
+    if context_window and name != "eagle":
+        raise ValueError(f"context_window={context_window} is for the eagle head, which attends; {name} does not")
 
 
 def make_head(config: HeadConfig, unembedding: nn.Module, embedding: nn.Module | None = None) -> JointHead:

@@ -48,6 +48,7 @@ class HeadConfig:
         token_conditioned: positions 2..H also read the block's first token (see the module docstring).
         extra_features: n, how many more D-wide hidden states (intermediate layers of the backbone, EAGLE-3's
             fused features) follow the last one in the head's input h (B, (1 + n) D).
+        context_window: W, the latest positions before the block an ``eagle`` drafter attends over (0: none).
     """
 
     name: str
@@ -59,6 +60,7 @@ class HeadConfig:
     loss_chunk_elements: int = DEFAULT_LOSS_CHUNK_ELEMENTS
     token_conditioned: bool = False
     extra_features: int = 0
+    context_window: int = 0
 
     @property
     def input_size(self) -> int:
@@ -161,6 +163,12 @@ class JointHead(nn.Module):
             use_onednn_linears(layer)
         self._draft_unembedding = (layer, source)  # a tuple keeps it out of the parameters and the state dict
         return layer
+
+    @property
+    def window_size(self) -> int:
+        """W, the latest positions before the block the head attends over (:mod:`tjdnet.heads.window`); 0 for the
+        heads that read h alone."""
+        return 0
 
     def context(self, h: torch.Tensor) -> torch.Tensor:
         """(B, D) W [n(x_1); ...; n(x_n)]: the extra features x_i of an input h (B, (1 + n) D), each RMS-normalised

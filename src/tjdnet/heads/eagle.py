@@ -18,6 +18,11 @@ h already summarises the prefix, and no drafter KV cache has to follow the verif
 
 Training uses the same steps with teacher forcing (the true y_k as inputs, the drafter's own f_{k-1}), i.e.
 the drafter is trained on the features it will itself produce at inference.
+
+With a context window W (``HeadConfig.context_window``) the attention also reads the W latest positions before
+the block, as EAGLE's drafter reads the prefix: each a layer input w_j = W_in [n(h_j); n(e(x_{j+1}))] + p'_j +
+c_j built from the backbone's feature h_j there and the token after it (:mod:`tjdnet.heads.window`), so the
+drafter sees which tokens came just before, and not only the summary h of them.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from torch import nn
 from tjdnet.heads.base import HeadConfig, JointHead, rms_norm
 from tjdnet.heads.block import SequentialDraft
 from tjdnet.heads.vocab import DraftVocab
+from tjdnet.heads.window import Window
 from tjdnet.tensorops.logspace import IGNORE_INDEX
 
 HEAD_DIM = 64
@@ -54,22 +60,50 @@ class EagleHead(JointHead):
         self.mlp_out = nn.Linear(config.hidden_dim, d, bias=False)
         self.out = nn.Linear(d, d, bias=False)
         nn.init.zeros_(self.out.weight)
+        self.window_position = nn.Parameter(torch.zeros(config.context_window, d)) if config.context_window else None
 
-    def step(self, message: torch.Tensor, k: int, tokens: torch.Tensor) -> torch.Tensor:
-        """The drafter state after observing ``tokens`` (...,) at block position k (0-based).
+    @property
+    def window_size(self) -> int:
+        """W, the latest positions before the block the drafter attends over (0: none)."""
+        return self.config.context_window
 
-        A state (..., (j + 2) D) packs the current feature f_j, the context c and the layer inputs u_1..u_j of
+    def layer_input(self, f: torch.Tensor, tokens: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """W_in [n(f); n(e(tokens))] + context (..., D): a feature and the token after it, as the layer reads them."""
+        dtype = self.fuse.weight.dtype
+        e = self.embedding(tokens).to(dtype)
+        return self.fuse(torch.cat([rms_norm(f.to(dtype)), rms_norm(e)], dim=-1)) + context.to(dtype)
+
+    def window_keys(self, window: Window | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(keys, values (B, W, heads, hd), valid (B, W)) of a context window, or None without one."""
+        if window is None or self.window_position is None:
+            return None
+        if window.size != self.window_size:
+            raise ValueError(f"a window of {window.size} positions was given to a drafter of {self.window_size}")
+        d = self.config.hidden_size
+        w = self.layer_input(window.features[..., :d], window.tokens, self.context(window.features))
+        qkv = self.qkv(rms_norm(w + self.window_position)).unflatten(-1, (3, self.heads, -1))
+        return qkv[..., 1, :, :], qkv[..., 2, :, :], window.valid
+
+    def step(self, message: torch.Tensor, k: int, tokens: torch.Tensor, window: tuple | None = None) -> torch.Tensor:
+        """The drafter state after observing ``tokens`` (B, ...) at block position k (0-based); ``window``: the
+        :meth:`window_keys` of the rows' context windows.
+
+        A state (B, ..., (j + 2) D) packs the current feature f_j, the context c and the layer inputs u_1..u_j of
         the block.
         """
         d = self.config.hidden_size
         dtype = self.fuse.weight.dtype
         f, context, inputs = message[..., :d].to(dtype), message[..., d : 2 * d], message[..., 2 * d :].to(dtype)
-        e = self.embedding(tokens).to(dtype)
-        u = self.fuse(torch.cat([rms_norm(f), rms_norm(e)], dim=-1)) + self.position[k] + context.to(dtype)
+        u = self.layer_input(f, tokens, context) + self.position[k]
         inputs = torch.cat([inputs, u], dim=-1)
         qkv = self.qkv(rms_norm(inputs.unflatten(-1, (-1, d)))).unflatten(-1, (3, self.heads, -1))
         q, keys, values = qkv[..., -1, 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]  # (..., [j + 1,] heads, hd)
         scores = torch.einsum("...hc,...jhc->...hj", q, keys) / math.sqrt(q.shape[-1])
+        if window is not None:
+            keys_w, values_w, valid = (_over_nodes(x, q) for x in window)
+            scores_w = torch.einsum("...hc,...jhc->...hj", q, keys_w) / math.sqrt(q.shape[-1])
+            scores = torch.cat([scores_w.masked_fill(~valid[..., None, :], float("-inf")), scores], dim=-1)
+            values = torch.cat([values_w, values], dim=-3)
         mixed = torch.einsum("...hj,...jhc->...hc", scores.float().softmax(-1).to(dtype), values)
         a = u + self.attn_out(mixed.flatten(-2))
         m = a + self.mlp_out(torch.nn.functional.silu(self.mlp_in(rms_norm(a))))
@@ -86,11 +120,18 @@ class EagleHead(JointHead):
         flat = f.reshape(-1, f.shape[-1]).to(layer.weight.dtype)
         return layer(flat).float().unflatten(0, f.shape[:-1])
 
-    def forward(self, h: torch.Tensor, horizon: int | None = None, first: torch.Tensor | None = None) -> DrafterBlock:
-        """The drafter's distribution of the first ``horizon`` (default H) tokens after h (B, (1 + n) D)."""
+    def forward(
+        self,
+        h: torch.Tensor,
+        horizon: int | None = None,
+        first: torch.Tensor | None = None,
+        window: Window | None = None,
+    ) -> DrafterBlock:
+        """The drafter's distribution of the first ``horizon`` (default H) tokens after h (B, (1 + n) D), given the
+        rows' context ``window`` (W > 0: without one, the drafter attends over the block only)."""
         self.check_hidden(h)
         vocab = None if self.draft_vocab is None else self.draft_vocab.to(h.device)
-        return DrafterBlock(self, h, self.horizon if horizon is None else horizon, vocab)
+        return DrafterBlock(self, h, self.horizon if horizon is None else horizon, vocab, self.window_keys(window))
 
     def log_prob(
         self,
@@ -99,8 +140,9 @@ class EagleHead(JointHead):
         first: torch.Tensor | None = None,
         draft: bool = False,
         inputs: torch.Tensor | None = None,
+        window: Window | None = None,
     ) -> torch.Tensor:
-        """log q(y | h) (B,) by teacher forcing, for h (B, (1 + n) D), y (B, H).
+        """log q(y | h) (B,) by teacher forcing, for h (B, (1 + n) D), y (B, H), given the context ``window``.
 
         -100 targets contribute nothing; as inputs of later steps they are read as ``first`` (position 0) or
         token 0, so ignored targets must end the block (as past the end of an answer) for the result to be a
@@ -108,7 +150,7 @@ class EagleHead(JointHead):
         ``inputs`` (B, H): the tokens fed at each step instead of y's (the text, when y are another model's
         predictions of it); the result is then log q(y_k | inputs_<k, h) summed, not a joint of y.
         """
-        return self.scored(h, y, first, draft, inputs)[0]
+        return self.scored(h, y, first, draft, inputs, window)[0]
 
     def scored(
         self,
@@ -117,6 +159,7 @@ class EagleHead(JointHead):
         first: torch.Tensor | None = None,
         draft: bool = False,
         inputs: torch.Tensor | None = None,
+        window: Window | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(:meth:`log_prob` (B,), the drafted features f_1..f_{H-1} (B, H - 1, D) it read them from)."""
         self.check_hidden(h)
@@ -131,7 +174,7 @@ class EagleHead(JointHead):
         if in_subset:
             local = self.draft_vocab.to(y.device).local(y.clamp_min(0))
             targets = torch.where((y == IGNORE_INDEX) | (local < 0), IGNORE_INDEX, local)
-        picked, drafted = self.teacher_forced(h, inputs, targets.clamp_min(0), in_subset)
+        picked, drafted = self.teacher_forced(h, inputs, targets.clamp_min(0), in_subset, self.window_keys(window))
         return (picked * (targets != IGNORE_INDEX)).sum(-1), drafted
 
     def feature_loss(self, drafted: torch.Tensor, backbone: torch.Tensor, found: torch.Tensor) -> torch.Tensor:
@@ -141,21 +184,28 @@ class EagleHead(JointHead):
         return (distance * found).sum() / found.sum().clamp_min(1)
 
     def teacher_forced(
-        self, h: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor, draft: bool
+        self, h: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor, draft: bool, window: tuple | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """((B, L) float32 log q(targets[:, k] | inputs[:, :k], h), the features f_1..f_{L-1} (B, L - 1, D)): the
         drafter fed ``inputs`` (B, L) (vocabulary ids), scoring ``targets`` (B, L) (indices into the draft
-        vocabulary when ``draft``, else vocabulary ids)."""
+        vocabulary when ``draft``, else vocabulary ids); ``window``: :meth:`window_keys`."""
         message, picked, drafted = self.initial_state(h), [], []
         d = self.config.hidden_size
         for k in range(targets.shape[1]):
             if k > 0:
-                message = self.step(message, k - 1, inputs[:, k - 1])
+                message = self.step(message, k - 1, inputs[:, k - 1], window)
                 drafted.append(message[..., :d])
             log_q = torch.log_softmax(self.emission_logits(message, draft=draft), dim=-1)
             picked.append(log_q.gather(-1, targets[:, k, None]).squeeze(-1))
         features = torch.stack(drafted, dim=1) if drafted else message.new_zeros(message.shape[0], 0, d)
         return torch.stack(picked, dim=1), features
+
+
+def _over_nodes(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """A per-row window tensor x (B, W, ...) for queries q (B, ..., heads, hd) of any nodes per row: (B, ..., W,
+    ...), expanded over q's middle dimensions."""
+    middle = q.shape[1:-2]
+    return x.reshape(x.shape[0], *([1] * len(middle)), *x.shape[1:]).expand(x.shape[0], *middle, *x.shape[1:])
 
 
 class DrafterBlock(SequentialDraft):
@@ -165,8 +215,10 @@ class DrafterBlock(SequentialDraft):
     vocabulary when ``vocab`` is set.
     """
 
-    def __init__(self, head: EagleHead, h: torch.Tensor, horizon: int, vocab: DraftVocab | None) -> None:
-        self.head, self.h, self.horizon, self.vocab = head, h, horizon, vocab
+    def __init__(
+        self, head: EagleHead, h: torch.Tensor, horizon: int, vocab: DraftVocab | None, window: tuple | None = None
+    ) -> None:
+        self.head, self.h, self.horizon, self.vocab, self.window = head, h, horizon, vocab, window
 
     @property
     def batch_size(self) -> int:
@@ -185,7 +237,7 @@ class DrafterBlock(SequentialDraft):
 
     def observe(self, message: torch.Tensor, k: int, tokens: torch.Tensor) -> torch.Tensor:
         """States (B, ..., M) after observing tokens (B, ...) at position k (vocabulary ids)."""
-        return self.head.step(message, k, tokens)
+        return self.head.step(message, k, tokens, self.window)
 
     def token_ids(self, index: torch.Tensor) -> torch.Tensor:
         return index if self.vocab is None else self.vocab.ids[index]
@@ -195,6 +247,6 @@ class DrafterBlock(SequentialDraft):
         vocabulary lacks. -100 positions ending a block are marginalised (they contribute nothing)."""
         tokens = y.clamp_min(0)
         local = tokens if self.vocab is None else self.vocab.local(tokens)
-        picked, _ = self.head.teacher_forced(self.h, tokens, local.clamp_min(0), self.vocab is not None)
+        picked, _ = self.head.teacher_forced(self.h, tokens, local.clamp_min(0), self.vocab is not None, self.window)
         picked = picked.masked_fill(local < 0, float("-inf"))
         return torch.where(y != IGNORE_INDEX, picked, 0.0).sum(-1)

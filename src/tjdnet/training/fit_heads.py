@@ -40,13 +40,14 @@ from tjdnet.training.head_features import (
 logger = logging.getLogger(__name__)
 
 
-SPEC_FORMAT = "head:rank:horizon[:tc][:w<width>][:lr<rate>][:f<layer>/<layer>...]"
+SPEC_FORMAT = "head:rank:horizon[:tc][:w<width>][:lr<rate>][:f<layer>/<layer>...][:c<window>]"
 
 
 @dataclass(frozen=True)
 class HeadSpec:
-    """One head to train, written ``head:rank:horizon[:tc][:w<width>][:lr<rate>][:f<layer>/<layer>...]`` (e.g.
-    ``eagle:1:4:w1024:lr1e-3``, ``mps:2:4:tc``, ``eagle:1:5:f10/20``: also reading layers 10 and 20)."""
+    """One head to train, written ``head:rank:horizon[:tc][:w<width>][:lr<rate>][:f<layer>/<layer>...][:c<window>]``
+    (e.g. ``eagle:1:4:w1024:lr1e-3``, ``mps:2:4:tc``, ``eagle:1:5:f10/20``: also reading layers 10 and 20,
+    ``eagle:1:5:c16``: also attending over the 16 latest positions)."""
 
     head: str
     rank: int
@@ -55,11 +56,13 @@ class HeadSpec:
     hidden_dim: int
     lr: float
     feature_layers: tuple[int, ...] = ()
+    context_window: int = 0
 
     @property
     def name(self) -> str:
         name = f"{self.head}_r{self.rank}_h{self.horizon}" + ("_tc" if self.token_conditioned else "")
-        return name + (f"_f{'-'.join(map(str, self.feature_layers))}" if self.feature_layers else "")
+        name += f"_f{'-'.join(map(str, self.feature_layers))}" if self.feature_layers else ""
+        return name + (f"_c{self.context_window}" if self.context_window else "")
 
 
 def parse_head_specs(value: str, hidden_dim: int, lr: float) -> list[HeadSpec]:
@@ -68,21 +71,25 @@ def parse_head_specs(value: str, hidden_dim: int, lr: float) -> list[HeadSpec]:
     specs = []
     for item in value.split(","):
         parts = item.strip().split(":")
-        options = {"tc": False, "w": hidden_dim, "lr": lr, "f": ()}
+        options = {"tc": False, "w": hidden_dim, "lr": lr, "f": (), "c": 0}
         well_formed = len(parts) >= 3 and parts[1].isdigit() and parts[2].isdigit()
         for extra in parts[3:]:
-            key = next((k for k in ("tc", "lr", "w", "f") if extra.startswith(k)), None)
+            key = next((k for k in ("tc", "lr", "w", "f", "c") if extra.startswith(k)), None)
             try:
                 options[key] = _option_value(key, extra[len(key) :])
             except (KeyError, TypeError, ValueError):
                 well_formed = False
         if not well_formed or options["lr"] <= 0:
             raise ValueError(f"--heads item {item!r} is not {SPEC_FORMAT} (e.g. eagle:1:4:lr1e-3)")
-        spec = HeadSpec(
-            parts[0], int(parts[1]), int(parts[2]), options["tc"], options["w"], options["lr"], options["f"]
-        )
+        spec = HeadSpec(parts[0], int(parts[1]), int(parts[2]), *(options[k] for k in ("tc", "w", "lr", "f", "c")))
         check_head_settings(
-            spec.head, spec.horizon, spec.rank, spec.hidden_dim, spec.token_conditioned, spec.feature_layers
+            spec.head,
+            spec.horizon,
+            spec.rank,
+            spec.hidden_dim,
+            spec.token_conditioned,
+            spec.feature_layers,
+            spec.context_window,
         )
         specs.append(spec)
     if len({s.name for s in specs}) != len(specs):
@@ -98,7 +105,7 @@ def _option_value(key: str, text: str) -> bool | int | float | tuple[int, ...]:
         return True
     if key == "f":
         return tuple(int(layer) for layer in text.split("/"))
-    return int(text) if key == "w" else float(text)
+    return int(text) if key in ("w", "c") else float(text)
 
 
 def parse_sources(data: str, dataset: str) -> list[tuple[str, Path]]:
@@ -157,9 +164,11 @@ def run_fit_heads(
         heads: comma-separated ``head:rank:horizon[:tc][:w<width>][:lr<rate>][:f<layer>/<layer>...]`` (heads:
             stp, multihead, cp, mps, medusa, eagle; ``tc``: token-conditioned; ``w``: adapter / MLP width, default
             ``hidden_dim``; ``lr``: its own learning rate, default ``lr``; ``f``: the head also reads the hidden
-            states after these decoder layers, EAGLE-3-style).
+            states after these decoder layers, EAGLE-3-style; ``c``: an eagle drafter also attends over the
+            backbone's features of this many latest positions, EAGLE-style).
         out_dir: where each head's save_pretrained directory goes.
-        prefix: put before each head's directory name (``<prefix><head>_r<rank>_h<horizon>[_tc][_f<layers>]``).
+        prefix: put before each head's directory name
+            (``<prefix><head>_r<rank>_h<horizon>[_tc][_f<layers>][_c<window>]``).
         model: the frozen base model (the one the data was distilled from).
         dataset: how ``data`` is read (jsonl, gsm8k, sharegpt, ...); its train split is used.
         steps: optimiser steps per head.
@@ -241,6 +250,7 @@ def run_fit_heads(
             loss_mode="draft",
             draft_vocab_size=draft_vocab,
             feature_layers=list(spec.feature_layers),
+            context_window=spec.context_window,
         )
         torch.manual_seed(seed)
         head_model = TJDModel(lm.lm, config)

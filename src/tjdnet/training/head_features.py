@@ -21,6 +21,7 @@ import torch
 
 from tjdnet.data import collate
 from tjdnet.files import atomic_file
+from tjdnet.heads.window import Window
 from tjdnet.model import TJDModel, answer_positions, block_targets, next_tokens
 from tjdnet.tensorops.logspace import IGNORE_INDEX
 from tjdnet.training.module import lr_factor
@@ -92,6 +93,16 @@ class Features:
         found = (later < len(self)) & (self.rows[safe] == self.rows[index, None])
         found &= self.positions[safe] == self.positions[index, None] + offsets
         return self.hidden[safe, :width], found
+
+    def behind(self, index: torch.Tensor, size: int) -> Window:
+        """The context windows (:mod:`tjdnet.heads.window`) of the positions ``index`` (B,): the ``size`` positions
+        before each in the same row (stored ones: answer positions), with the tokens after them."""
+        offsets = torch.arange(size, 0, -1)
+        earlier = index[:, None] - offsets  # oldest first
+        safe = earlier.clamp_min(0)
+        valid = (earlier >= 0) & (self.rows[safe] == self.rows[index, None])
+        valid &= self.positions[safe] == self.positions[index, None] - offsets
+        return Window(self.hidden[safe], self.first[safe], valid)
 
 
 TARGETS = ("data", "model")
@@ -180,27 +191,33 @@ def cached_features(
     return features
 
 
-def head_nll(model: TJDModel, features: Features, draft: bool = False) -> torch.Tensor:
-    """Mean negative log-likelihood per target token of ``model.head`` on the features (with grad).
+def head_nll(model: TJDModel, features: Features, index: torch.Tensor, draft: bool = False) -> torch.Tensor:
+    """Mean negative log-likelihood per target token of ``model.head`` on the positions ``index`` of the features
+    (with grad).
 
     ``draft``: of the head's draft distribution, targets outside its draft vocabulary ignored
     (:meth:`~tjdnet.heads.base.JointHead.log_prob`); the mean is still over all target tokens.
     """
-    return _head_loss(model, features, draft)[0]
+    return _head_loss(model, features, index, draft)[0]
 
 
 def _head_loss(
-    model: TJDModel, features: Features, draft: bool, ahead: tuple[torch.Tensor, torch.Tensor] | None = None
+    model: TJDModel, features: Features, index: torch.Tensor, draft: bool, feature_loss: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(:func:`head_nll`, the eagle head's :meth:`~tjdnet.heads.eagle.EagleHead.feature_loss` against the
-    backbone's features ``ahead`` (:meth:`Features.ahead`), or None without them)."""
-    y = features.targets[:, : model.horizon]
-    h = features.hidden.to(model.head.unembedding.weight.dtype)
+    """(:func:`head_nll`, with ``feature_loss`` the eagle head's :meth:`~tjdnet.heads.eagle.EagleHead.feature_loss`
+    against the backbone's features ahead (:meth:`Features.ahead`), else None)."""
+    chunk = features[index]
+    y = chunk.targets[:, : model.horizon]
+    h = chunk.hidden.to(model.head.unembedding.weight.dtype)
     n_tokens = max(int((y != IGNORE_INDEX).sum()), 1)
-    inputs = None if features.inputs is None else features.inputs[:, : model.horizon]
-    if ahead is None:
-        return -model.head.log_prob(h, y, features.first, draft=draft, inputs=inputs).sum() / n_tokens, None
-    log_q, drafted = model.head.scored(h, y, features.first, draft=draft, inputs=inputs)
+    inputs = None if chunk.inputs is None else chunk.inputs[:, : model.horizon]
+    extra = {"inputs": inputs}
+    if model.head.window_size:
+        extra["window"] = features.behind(index, model.head.window_size)
+    if not feature_loss:
+        return -model.head.log_prob(h, y, chunk.first, draft=draft, **extra).sum() / n_tokens, None
+    log_q, drafted = model.head.scored(h, y, chunk.first, draft=draft, **extra)
+    ahead = features.ahead(index, model.horizon - 1, model.head.config.hidden_size)
     backbone, found = ahead
     return -log_q.sum() / n_tokens, model.head.feature_loss(drafted, backbone, found)
 
@@ -210,9 +227,9 @@ def evaluate_head(model: TJDModel, features: Features, batch_positions: int = 25
     """Held-out NLL per target token (averaged over positions in chunks; ``draft``: as :func:`head_nll`)."""
     total, count = 0.0, 0
     for start in range(0, len(features), batch_positions):
-        chunk = features[start : start + batch_positions]
-        n = int((chunk.targets[:, : model.horizon] != IGNORE_INDEX).sum())
-        total += head_nll(model, chunk, draft).item() * n
+        index = torch.arange(start, min(start + batch_positions, len(features)))
+        n = int((features.targets[index, : model.horizon] != IGNORE_INDEX).sum())
+        total += head_nll(model, features, index, draft).item() * n
         count += n
     return total / max(count, 1)
 
@@ -260,8 +277,7 @@ def fit_head(
             order, cursor = torch.randperm(len(features), generator=generator), 0
         index = order[cursor : cursor + batch_positions]
         cursor += batch_positions
-        ahead = features.ahead(index, model.horizon - 1, model.head.config.hidden_size) if feature_loss else None
-        loss, regression = _head_loss(model, features[index], draft, ahead)
+        loss, regression = _head_loss(model, features, index, draft, bool(feature_loss))
         optimizer.zero_grad(set_to_none=True)
         (loss if regression is None else loss + feature_loss * regression).backward()
         optimizer.step()
