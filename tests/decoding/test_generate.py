@@ -15,11 +15,13 @@ EOS = 1
 
 
 def build(
-    kind="llama", head="cp", horizon=4, rank=2, perturb=1.0, seed=0, token_conditioned=False, **kwargs
+    kind="llama", head="cp", horizon=4, rank=2, perturb=1.0, seed=0, token_conditioned=False, context_window=0, **kwargs
 ) -> TJDModel:
     lm = make_tiny_lm(kind, **kwargs)
     rank = 1 if head in FIXED_RANK_ONE else rank
-    config = head_only_config(head, horizon=horizon, rank=rank, token_conditioned=token_conditioned)
+    config = head_only_config(
+        head, horizon=horizon, rank=rank, token_conditioned=token_conditioned, context_window=context_window
+    )
     model = TJDModel(lm, config)
     torch.manual_seed(seed)
     with torch.no_grad():  # a deliberately bad (random) head: low acceptance

@@ -62,9 +62,12 @@ def test_speculative_sampling_matches_plain_sampling(temperature, top_k, top_p, 
     check_speculative_sampling(model, temperature, top_k, top_p)
 
 
-@pytest.mark.parametrize("head,draft_vocab", [("medusa", None), ("eagle", None), ("eagle", range(0, TINY_VOCAB, 2))])
-def test_baseline_drafters_sample_exactly(head, draft_vocab):
-    model = build("llama", head, 3, perturb=0.3, sharpen=3.0)
+@pytest.mark.parametrize(
+    "head,draft_vocab,window",
+    [("medusa", None, 0), ("eagle", None, 0), ("eagle", range(0, TINY_VOCAB, 2), 0), ("eagle", None, 2)],
+)
+def test_baseline_drafters_sample_exactly(head, draft_vocab, window):
+    model = build("llama", head, 3, perturb=0.3, sharpen=3.0, context_window=window)
     model.head.set_draft_vocab(None if draft_vocab is None else list(draft_vocab))
     check_speculative_sampling(model, 0.9, None, None)
 
