@@ -217,3 +217,8 @@ def test_fit_heads_reuses_cached_features_keyed_by_data_and_settings(tiny_model_
     run_fit_heads(data, heads="medusa:1:3", out_dir=str(tmp_path / "c"), targets="model", **options)
     run_fit_heads(data, heads="medusa:1:2", out_dir=str(tmp_path / "d"), **options)  # another horizon
     assert passes == ["data", "model", "data"] and len(list((tmp_path / "features").glob("*.pt"))) == 3
+    text = tmp_path / "text.jsonl"
+    text.write_text("".join(json.dumps({"question": f"q{i} 3", "answer": f"{i} 5 6 7 8"}) + "\n" for i in range(6)))
+    both = run_fit_heads(f"{data},jsonl={text}", heads="medusa:1:3", out_dir=str(tmp_path / "e"), **options)
+    assert passes == ["data", "model", "data", "data"]  # the distilled rows' features came from the cache
+    assert both["examples"] == 8 + 6 and len(list((tmp_path / "features").glob("*.pt"))) == 4

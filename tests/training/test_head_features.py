@@ -5,7 +5,7 @@ import torch
 from tiny_models import head_only_config, make_tiny_lm
 
 from tjdnet.model import TJDModel
-from tjdnet.training.head_features import collect_features, evaluate_head, fit_head
+from tjdnet.training.head_features import Features, collect_features, evaluate_head, fit_head
 
 
 def _rows(n: int, length: int, vocab: int, seed: int = 0) -> list[dict]:
@@ -70,6 +70,17 @@ def test_rows_batched_by_length_get_the_features_they_get_alone():
         mine = batched[batched.rows == r]
         assert torch.equal(mine.positions, alone.positions) and torch.equal(mine.targets, alone.targets)
         torch.testing.assert_close(mine.hidden, alone.hidden)
+
+
+def test_features_of_several_sources_number_their_rows_one_after_another():
+    model = _model()
+    first, second = _rows(3, 10, 64), _rows(2, 12, 64, seed=1)
+    parts = [collect_features(model, rows, horizon=2, pad_token_id=2) for rows in (first, second)]
+    together = Features.concatenate(parts, [3, 2])
+    assert sorted(set(together.rows.tolist())) == [0, 1, 2, 3, 4] and together.inputs is None
+    alone = collect_features(model, first + second, horizon=2, pad_token_id=2)
+    for r in range(5):
+        torch.testing.assert_close(together[together.rows == r].hidden, alone[alone.rows == r].hidden)
 
 
 def test_split_holds_out_whole_rows_and_refuses_to_take_them_all():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from tjdnet.loading import DTYPES
 from tjdnet.machine import machine_info
 from tjdnet.model import TJDConfig, TJDModel
 from tjdnet.training.head_features import (
+    Features,
     cached_features,
     check_feature_loss,
     check_targets,
@@ -184,9 +186,10 @@ def run_fit_heads(
         targets: what the heads learn to predict: ``data``, the answers' tokens (right for self-distilled data),
             or ``model``, the backbone's own greedy next token at each answer position given the text before it
             (self-distillation of any text in the features pass, no generation).
-        features_cache: a directory to keep the backbone's features in (keyed by the encoded data, the base
-            model's fingerprint and every setting they depend on), so that another run on the same data trains
-            at once. Several GB for ~10k answers.
+        features_cache: a directory to keep the backbone's features in, one file per source of ``data`` (keyed by
+            its encoded rows, the base model's fingerprint and every setting they depend on), so that another run
+            on the same data trains at once and one that adds a source computes that source only. Several GB for
+            ~10k answers.
         feature_loss: weight w of EAGLE-1's regression loss (eagle heads only): each step minimises the NLL +
             w x the smooth-L1 distance of the drafted features to the backbone's own at the same positions.
     """
@@ -205,25 +208,29 @@ def run_fit_heads(
     if num_threads is not None:
         check_int("num_threads", num_threads)
         torch.set_num_threads(num_threads)
-    examples = [e for name, path in sources for e in read_source(name, path, seed)]
+    per_source = [read_source(name, path, seed) for name, path in sources]
+    examples = [e for source in per_source for e in source]
 
     start = time.perf_counter()
     layers = sorted({layer for s in specs for layer in s.feature_layers})
     backbone, tokenizer = TJDModel.from_base(
         model, dtype=feature_dtype, model_head="stp", train_mode="head", feature_layers=layers
     )
-    rows = [encode_example(tokenizer, e, seq_len) for e in examples]
+    source_rows = [[encode_example(tokenizer, e, seq_len) for e in source] for source in per_source]
+    rows = [row for part in source_rows for row in part]
     horizon = max(s.horizon for s in specs)
     settings = {
         "base": backbone.base_fingerprint, "dtype": feature_dtype, "layers": layers, "horizon": horizon,
         "targets": targets, "pad": tokenizer.pad_token_id,
     }  # fmt: skip
-    features = cached_features(
-        features_cache,
-        rows,
-        settings,
-        lambda: collect_features(backbone.eval(), rows, horizon, tokenizer.pad_token_id, targets=targets),
-    )
+
+    def compute(part: list[dict]) -> Callable[[], Features]:
+        return lambda: collect_features(backbone.eval(), part, horizon, tokenizer.pad_token_id, targets=targets)
+
+    # each source's features are cached on their own: adding a source to --data pays for that source only
+    parts = [cached_features(features_cache, part, settings, compute(part)) for part in source_rows]
+    features = parts[0] if len(parts) == 1 else Features.concatenate(parts, [len(part) for part in source_rows])
+    del parts
     train, evaluation = features.split(held_out, seed)
     positions = len(features)
     del features  # the split holds copies

@@ -60,6 +60,19 @@ class Features:
     def __len__(self) -> int:
         return self.hidden.shape[0]
 
+    @classmethod
+    def concatenate(cls, parts: Sequence[Features], row_counts: Sequence[int]) -> Features:
+        """The features of several data sets in one, the rows of part i numbered after those of the parts before
+        it (``row_counts``: each part's number of data rows)."""
+        offsets = torch.tensor([0, *row_counts[:-1]]).cumsum(0).tolist()
+        values = {}
+        for field in fields(cls):
+            tensors = [getattr(part, field.name) for part in parts]
+            if field.name == "rows":
+                tensors = [rows + offset for rows, offset in zip(tensors, offsets, strict=True)]
+            values[field.name] = None if tensors[0] is None else torch.cat(tensors)
+        return cls(**values)
+
     def split(self, n_held_out: int, seed: int = 0) -> tuple[Features, Features]:
         """(train, held out): whole rows, taken in a random order until at least ``n_held_out`` positions are held
         out. Neighbouring positions of one answer share most of their targets, so a split by position would
