@@ -271,7 +271,8 @@ class TJDModel(nn.Module):
             phase = int(torch.randint(horizon, (1,)))
             positions = torch.arange(input_ids.shape[1], device=input_ids.device)
             keep &= (positions % horizon == phase)[None]
-        h, y, first = head_input[keep], targets[keep], next_tokens(input_ids)[keep]  # (N, (1 + n) D), (N, H), (N,)
+        next_ids = next_tokens(input_ids)
+        h, y, first = head_input[keep], targets[keep], next_ids[keep]  # (N, (1 + n) D), (N, H), (N,)
         n_tokens = int((y != IGNORE_INDEX).sum())
         # A head that drafts from a subset of the vocabulary learns the distribution it will draft from, at S/V of
         # the cost; `full` mode keeps the loss over the whole vocabulary.
@@ -279,9 +280,7 @@ class TJDModel(nn.Module):
         window = {}
         if self.head.window_size:  # the earlier answer positions, as decoding will give them
             rows, positions = keep.nonzero(as_tuple=True)
-            window["window"] = sequence_windows(
-                head_input, next_tokens(input_ids), answers, self.head.window_size, rows, positions
-            )
+            window["window"] = sequence_windows(head_input, next_ids, answers, self.head.window_size, rows, positions)
         head_nll = -self.head.log_prob(h, y, first, draft=in_draft_vocab, **window).sum() / max(n_tokens, 1)
         loss, lm_nll = head_nll, None
         if self.config.loss_mode == "joint":

@@ -81,8 +81,9 @@ class EagleHead(JointHead):
             raise ValueError(f"a window of {window.size} positions was given to a drafter of {self.window_size}")
         d = self.config.hidden_size
         w = self.layer_input(window.features[..., :d], window.tokens, self.context(window.features))
-        qkv = self.qkv(rms_norm(w + self.window_position)).unflatten(-1, (3, self.heads, -1))
-        return qkv[..., 1, :, :], qkv[..., 2, :, :], window.valid
+        kv = nn.functional.linear(rms_norm(w + self.window_position), self.qkv.weight[d:])  # no queries needed
+        kv = kv.unflatten(-1, (2, self.heads, -1))
+        return kv[..., 0, :, :], kv[..., 1, :, :], window.valid
 
     def step(self, message: torch.Tensor, k: int, tokens: torch.Tensor, window: tuple | None = None) -> torch.Tensor:
         """The drafter state after observing ``tokens`` (B, ...) at block position k (0-based); ``window``: the

@@ -100,22 +100,23 @@ class Features:
     def ahead(self, index: torch.Tensor, steps: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The last hidden states (the first ``width`` columns) 1..``steps`` tokens after each position of
         ``index`` (B,) in the same row, (B, steps, width), and (B, steps) bool: where that position is here."""
-        offsets = torch.arange(1, steps + 1)
-        later = index[:, None] + offsets  # positions of a row are stored in order
-        safe = later.clamp_max(len(self) - 1)
-        found = (later < len(self)) & (self.rows[safe] == self.rows[index, None])
-        found &= self.positions[safe] == self.positions[index, None] + offsets
+        safe, found = self._same_row(index, torch.arange(1, steps + 1))
         return self.hidden[safe, :width], found
 
     def behind(self, index: torch.Tensor, size: int) -> Window:
         """The context windows (:mod:`tjdnet.heads.window`) of the positions ``index`` (B,): the ``size`` positions
         before each in the same row (stored ones: answer positions), with the tokens after them."""
-        offsets = torch.arange(size, 0, -1)
-        earlier = index[:, None] - offsets  # oldest first
-        safe = earlier.clamp_min(0)
-        valid = (earlier >= 0) & (self.rows[safe] == self.rows[index, None])
-        valid &= self.positions[safe] == self.positions[index, None] - offsets
+        safe, valid = self._same_row(index, torch.arange(-size, 0))  # oldest first
         return Window(self.hidden[safe], self.first[safe], valid)
+
+    def _same_row(self, index: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, K) storage indices of the positions ``offsets`` (K,) tokens from each position of ``index`` (B,),
+        clamped into range, and (B, K) bool: where that position is stored in the same row (a row's positions are
+        stored together and in order, so it is ``offsets`` entries away)."""
+        other = index[:, None] + offsets
+        safe = other.clamp(0, len(self) - 1)
+        found = (other >= 0) & (other < len(self)) & (self.rows[safe] == self.rows[index, None])
+        return safe, found & (self.positions[safe] == self.positions[index, None] + offsets)
 
 
 TARGETS = ("data", "model")
