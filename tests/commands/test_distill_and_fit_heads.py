@@ -178,10 +178,12 @@ def test_fit_heads_reads_several_sources_and_learns_the_backbones_own_tokens(tin
         draft_vocab=None, held_out=8, feature_dtype="float32",
     )  # fmt: skip
     summary = run_fit_heads(
-        f"{tmp_path / 'd.jsonl'},jsonl={text}", out_dir=str(tmp_path / "h"), targets="model", **options
-    )
+        f"{tmp_path / 'd.jsonl'},jsonl={text}", out_dir=str(tmp_path / "h"), targets="model", feature_loss=1.0,
+        teacher_loss=1.0, **options,
+    )  # fmt: skip
     assert summary["examples"] == 12 + 8 and summary["targets"] == "model"
     info = summary["heads"]["eagle_r1_h3"]
+    assert info["feature_loss"] == info["teacher_loss"] == 1.0
     assert info["held_out_nll_after"] < info["held_out_nll_before"]
     trained = load_trained(tmp_path / "h" / "eagle_r1_h3")
     prompts = torch.tensor([[5, 17, 33, 8, 9]])
@@ -196,6 +198,8 @@ def test_fit_heads_reads_several_sources_and_learns_the_backbones_own_tokens(tin
     ]:
         with pytest.raises(error, match=message):
             run_fit_heads(data, out_dir=str(tmp_path / "bad"), targets=targets, **options)
+    with pytest.raises(ValueError, match="teacher_loss=1 is for eagle heads"):
+        run_fit_heads(str(text), out_dir=str(tmp_path / "bad"), **{**options, "heads": "medusa:1:3"}, teacher_loss=1)
 
 
 def test_fit_heads_reuses_cached_features_keyed_by_data_and_settings(tiny_model_dir, tmp_path, monkeypatch):

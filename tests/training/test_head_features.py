@@ -142,7 +142,7 @@ def test_feature_loss_pulls_the_drafted_features_towards_the_backbones():
 
     def distance(model):
         with torch.no_grad():
-            _, drafted = model.head.scored(features.hidden, features.targets, features.first)
+            _, drafted, _ = model.head.scored(features.hidden, features.targets, features.first)
             return float(model.head.feature_loss(drafted, *ahead))
 
     distances = {}
@@ -156,4 +156,49 @@ def test_feature_loss_pulls_the_drafted_features_towards_the_backbones():
     with pytest.raises(ValueError, match="feature_loss=-1 is not allowed"):
         fit_head(
             _model(head="eagle", horizon=3, rank=1), features, steps=1, batch_positions=4, lr=1e-3, feature_loss=-1
+        )
+
+
+@pytest.mark.parametrize("subset", [None, [3, 5, 8, 13, 21, 34, 55]])
+def test_teacher_loss_is_the_kl_from_the_backbones_next_token_distribution(subset):
+    model = _model(head="eagle", horizon=3, rank=1)
+    model.head.set_draft_vocab(subset)
+    backbone = torch.randn(4, 2, 32)
+    found = torch.tensor([[True, True], [True, False], [False, False], [True, True]])
+    logits = model.head.emission_logits(backbone, draft=subset is not None)
+    assert logits.shape[-1] == (64 if subset is None else len(subset))
+    with torch.no_grad():
+        own = model.head.teacher_loss(logits.log_softmax(-1), backbone, found, draft=subset is not None)
+        other = torch.randn_like(logits).log_softmax(-1)
+        kl = model.head.teacher_loss(other, backbone, found, draft=subset is not None)
+    p = logits.softmax(-1)
+    expected = (p * (p.log() - other)).sum(-1)[found].mean()
+    assert float(own) == pytest.approx(0.0, abs=1e-6)
+    assert float(kl) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_teacher_loss_pulls_the_drafted_conditionals_towards_the_backbones():
+    rows = _rows(6, 16, 64)
+    features = collect_features(_model(head="eagle", horizon=3, rank=1), rows, 3, pad_token_id=2, targets="model")
+    index = torch.arange(len(features))
+    backbone, found = features.ahead(index, 2, 32)
+
+    def divergence(model):
+        with torch.no_grad():
+            _, _, log_q = model.head.scored(
+                features.hidden, features.targets, features.first, inputs=features.inputs, distributions=True
+            )
+            return float(model.head.teacher_loss(log_q[:, 1:], backbone, found))
+
+    divergences = {}
+    for weight in (0.0, 3.0):
+        model = _model(head="eagle", horizon=3, rank=1)
+        fit_head(model, features, steps=40, batch_positions=32, lr=1e-2, log_every=0, teacher_loss=weight)
+        divergences[weight] = divergence(model)
+    assert divergences[3.0] < divergences[0.0]
+    with pytest.raises(ValueError, match="teacher_loss=0.5 is for eagle heads"):
+        fit_head(_model(), features, steps=1, batch_positions=4, lr=1e-3, teacher_loss=0.5)
+    with pytest.raises(ValueError, match="teacher_loss=-1 is not allowed"):
+        fit_head(
+            _model(head="eagle", horizon=3, rank=1), features, steps=1, batch_positions=4, lr=1e-3, teacher_loss=-1
         )

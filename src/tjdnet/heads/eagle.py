@@ -161,8 +161,11 @@ class EagleHead(JointHead):
         draft: bool = False,
         inputs: torch.Tensor | None = None,
         window: Window | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(:meth:`log_prob` (B,), the drafted features f_1..f_{H-1} (B, H - 1, D) it read them from)."""
+        distributions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(:meth:`log_prob` (B,), the drafted features f_1..f_{H-1} (B, H - 1, D) it read them from, and with
+        ``distributions`` the whole conditionals log q(. | inputs_<k, h) (B, H, V) float32 it picked from, else
+        None; V is the draft vocabulary's size when ``draft``)."""
         self.check_hidden(h)
         self.check_targets(y)
         if inputs is not None and inputs.shape != y.shape:
@@ -175,8 +178,11 @@ class EagleHead(JointHead):
         if in_subset:
             local = self.draft_vocab.to(y.device).local(y.clamp_min(0))
             targets = torch.where((y == IGNORE_INDEX) | (local < 0), IGNORE_INDEX, local)
-        picked, drafted = self.teacher_forced(h, inputs, targets.clamp_min(0), in_subset, self.window_keys(window))
-        return (picked * (targets != IGNORE_INDEX)).sum(-1), drafted
+        window_keys = self.window_keys(window)
+        picked, drafted, log_q = self.teacher_forced(
+            h, inputs, targets.clamp_min(0), in_subset, window_keys, distributions
+        )
+        return (picked * (targets != IGNORE_INDEX)).sum(-1), drafted, log_q
 
     def feature_loss(self, drafted: torch.Tensor, backbone: torch.Tensor, found: torch.Tensor) -> torch.Tensor:
         """EAGLE's regression loss: the mean smooth-L1 distance (per feature) of drafted features f_k (B, K, D)
@@ -184,13 +190,32 @@ class EagleHead(JointHead):
         distance = torch.nn.functional.smooth_l1_loss(drafted, backbone.to(drafted.dtype), reduction="none").mean(-1)
         return (distance * found).sum() / found.sum().clamp_min(1)
 
+    def teacher_loss(
+        self, log_q: torch.Tensor, backbone: torch.Tensor, found: torch.Tensor, draft: bool = False
+    ) -> torch.Tensor:
+        """KL(p || q) of the backbone's own next-token distribution p = softmax(E h') from its last hidden states
+        h' (B, K, D) to the drafter's conditionals log q (B, K, V) at the same positions, averaged where ``found``
+        (B, K): soft targets (the backbone's whole ranking, not just its argmax). ``draft``: both over the draft
+        vocabulary (p renormalised there), as ``log_q`` is when drafted from it."""
+        with torch.no_grad():
+            log_p = torch.log_softmax(self.emission_logits(backbone, draft=draft), dim=-1)
+        kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+        return (kl * found).sum() / found.sum().clamp_min(1)
+
     def teacher_forced(
-        self, h: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor, draft: bool, window: tuple | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """((B, L) float32 log q(targets[:, k] | inputs[:, :k], h), the features f_1..f_{L-1} (B, L - 1, D)): the
-        drafter fed ``inputs`` (B, L) (vocabulary ids), scoring ``targets`` (B, L) (indices into the draft
-        vocabulary when ``draft``, else vocabulary ids); ``window``: :meth:`window_keys`."""
-        message, picked, drafted = self.initial_state(h), [], []
+        self,
+        h: torch.Tensor,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        draft: bool,
+        window: tuple | None = None,
+        distributions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """((B, L) float32 log q(targets[:, k] | inputs[:, :k], h), the features f_1..f_{L-1} (B, L - 1, D), and
+        with ``distributions`` the conditionals (B, L, V) float32, else None): the drafter fed ``inputs`` (B, L)
+        (vocabulary ids), scoring ``targets`` (B, L) (indices into the draft vocabulary when ``draft``, else
+        vocabulary ids); ``window``: :meth:`window_keys`."""
+        message, picked, drafted, conditionals = self.initial_state(h), [], [], []
         d = self.config.hidden_size
         for k in range(targets.shape[1]):
             if k > 0:
@@ -198,8 +223,10 @@ class EagleHead(JointHead):
                 drafted.append(message[..., :d])
             log_q = torch.log_softmax(self.emission_logits(message, draft=draft), dim=-1)
             picked.append(log_q.gather(-1, targets[:, k, None]).squeeze(-1))
+            if distributions:
+                conditionals.append(log_q)
         features = torch.stack(drafted, dim=1) if drafted else message.new_zeros(message.shape[0], 0, d)
-        return torch.stack(picked, dim=1), features
+        return torch.stack(picked, dim=1), features, torch.stack(conditionals, dim=1) if distributions else None
 
 
 def _over_nodes(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -248,6 +275,6 @@ class DrafterBlock(SequentialDraft):
         vocabulary lacks. -100 positions ending a block are marginalised (they contribute nothing)."""
         tokens = y.clamp_min(0)
         local = tokens if self.vocab is None else self.vocab.local(tokens)
-        picked, _ = self.head.teacher_forced(self.h, tokens, local.clamp_min(0), self.vocab is not None, self.window)
+        picked, _, _ = self.head.teacher_forced(self.h, tokens, local.clamp_min(0), self.vocab is not None, self.window)
         picked = picked.masked_fill(local < 0, float("-inf"))
         return torch.where(y != IGNORE_INDEX, picked, 0.0).sum(-1)

@@ -32,7 +32,7 @@ from tjdnet.model import TJDConfig, TJDModel
 from tjdnet.training.head_features import (
     Features,
     cached_features,
-    check_feature_loss,
+    check_loss_weight,
     check_targets,
     collect_features,
     evaluate_head,
@@ -156,6 +156,7 @@ def run_fit_heads(
     targets: str = "data",
     features_cache: str | None = None,
     feature_loss: float = 0.0,
+    teacher_loss: float = 0.0,
 ) -> dict:
     """Train every head of ``heads`` on ``data``; save each to ``out_dir/<name>`` and report held-out NLLs.
 
@@ -192,6 +193,9 @@ def run_fit_heads(
             ~10k answers.
         feature_loss: weight w of EAGLE-1's regression loss (eagle heads only): each step minimises the NLL +
             w x the smooth-L1 distance of the drafted features to the backbone's own at the same positions.
+        teacher_loss: weight w of a soft-target loss (eagle heads only): each step also minimises w x the KL
+            divergence of each drafted conditional from the backbone's own next-token distribution at the same
+            position (its whole ranking, not only the argmax the targets hold).
     """
     if not isinstance(lr, int | float) or lr <= 0:
         raise ValueError(f"lr={lr!r} is not allowed; use a number > 0")
@@ -203,7 +207,8 @@ def run_fit_heads(
         raise ValueError(f"feature_dtype={feature_dtype!r} is not allowed; use one of {', '.join(DTYPES)}")
     check_targets(targets)
     for spec in specs:
-        check_feature_loss(feature_loss, spec.head)
+        check_loss_weight(feature_loss, spec.head)
+        check_loss_weight(teacher_loss, spec.head, "teacher_loss")
     sources = parse_sources(data, dataset)
     if num_threads is not None:
         check_int("num_threads", num_threads)
@@ -275,6 +280,7 @@ def run_fit_heads(
             seed=seed,
             draft=in_draft,
             feature_loss=feature_loss,
+            teacher_loss=teacher_loss,
         )
         fit_s = time.perf_counter() - t0
         after = evaluate_head(head_model, head_evaluation, draft=in_draft)
@@ -288,6 +294,7 @@ def run_fit_heads(
             "held_out_nll_after": after,
             "train_loss_last": losses[-1],
             "feature_loss": feature_loss,
+            "teacher_loss": teacher_loss,
             "targets": targets,
             "fit_s": round(fit_s, 1),
             "directory": str(directory),

@@ -216,10 +216,12 @@ def head_nll(model: TJDModel, features: Features, index: torch.Tensor, draft: bo
 
 
 def _head_loss(
-    model: TJDModel, features: Features, index: torch.Tensor, draft: bool, feature_loss: bool = False
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(:func:`head_nll`, with ``feature_loss`` the eagle head's :meth:`~tjdnet.heads.eagle.EagleHead.feature_loss`
-    against the backbone's features ahead (:meth:`Features.ahead`), else None)."""
+    model: TJDModel, features: Features, index: torch.Tensor, draft: bool, feature_loss: float = 0.0,
+    teacher_loss: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    """(:func:`head_nll`, the eagle head's auxiliary losses weighted by ``feature_loss`` and ``teacher_loss``
+    (:meth:`~tjdnet.heads.eagle.EagleHead.feature_loss`, :meth:`~tjdnet.heads.eagle.EagleHead.teacher_loss`),
+    both against the backbone's last hidden states ahead (:meth:`Features.ahead`), or None without them)."""
     chunk = features[index]
     y = chunk.targets[:, : model.horizon]
     h = chunk.hidden.to(model.head.unembedding.weight.dtype)
@@ -228,12 +230,19 @@ def _head_loss(
     extra = {"inputs": inputs}
     if model.head.window_size:
         extra["window"] = features.behind(index, model.head.window_size)
-    if not feature_loss:
+    if not (feature_loss or teacher_loss):
         return -model.head.log_prob(h, y, chunk.first, draft=draft, **extra).sum() / n_tokens, None
-    log_q, drafted = model.head.scored(h, y, chunk.first, draft=draft, **extra)
-    ahead = features.ahead(index, model.horizon - 1, model.head.config.hidden_size)
-    backbone, found = ahead
-    return -log_q.sum() / n_tokens, model.head.feature_loss(drafted, backbone, found)
+    log_q, drafted, conditionals = model.head.scored(
+        h, y, chunk.first, draft=draft, distributions=bool(teacher_loss), **extra
+    )
+    backbone, found = features.ahead(index, model.horizon - 1, model.head.config.hidden_size)
+    auxiliary = log_q.new_zeros(())
+    if feature_loss:
+        auxiliary = auxiliary + feature_loss * model.head.feature_loss(drafted, backbone, found)
+    if teacher_loss:  # q(y_1 | h) is the backbone's own: the drafted conditionals start at y_2
+        in_subset = draft and model.head.draft_vocab is not None
+        auxiliary = auxiliary + teacher_loss * model.head.teacher_loss(conditionals[:, 1:], backbone, found, in_subset)
+    return -log_q.sum() / n_tokens, auxiliary
 
 
 @torch.no_grad()
@@ -248,12 +257,13 @@ def evaluate_head(model: TJDModel, features: Features, batch_positions: int = 25
     return total / max(count, 1)
 
 
-def check_feature_loss(weight: object, head: str) -> None:
-    """A one-line error unless ``weight`` is a number >= 0, and 0 for a head that drafts no features."""
+def check_loss_weight(weight: object, head: str, name: str = "feature_loss") -> None:
+    """A one-line error unless ``weight`` (of the loss ``name``) is a number >= 0, and 0 for a head other than
+    eagle (the auxiliary losses read the features and conditionals an autoregressive drafter drafts)."""
     if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
-        raise ValueError(f"feature_loss={weight!r} is not allowed; use a number >= 0")
+        raise ValueError(f"{name}={weight!r} is not allowed; use a number >= 0")
     if weight and head != "eagle":
-        raise ValueError(f"feature_loss={weight} is for eagle heads, which draft features; {head} drafts none")
+        raise ValueError(f"{name}={weight} is for eagle heads, which draft features step by step; {head} does not")
 
 
 def fit_head(
@@ -267,6 +277,7 @@ def fit_head(
     log_every: int = 5,
     draft: bool = False,
     feature_loss: float = 0.0,
+    teacher_loss: float = 0.0,
 ) -> list[float]:
     """Train ``model.head`` (only) on the features with AdamW and the ``fit`` schedule; returns step losses.
 
@@ -274,11 +285,14 @@ def fit_head(
     same seed, steps and batch size see exactly the same data in the same order. ``draft``: train the
     distribution drafted from the head's draft vocabulary (:func:`head_nll`). ``feature_loss`` w > 0 (eagle
     only): minimise NLL + w x the distance of the drafted features to the backbone's own at the same positions
-    (EAGLE-1's regression loss; the losses returned are the NLLs).
+    (EAGLE-1's regression loss); ``teacher_loss`` w' > 0 (eagle only) adds w' x the KL divergence of the drafted
+    conditionals from the backbone's own next-token distributions there (soft targets). The losses returned are
+    the NLLs.
     """
     if steps < 1 or batch_positions < 1:
         raise ValueError(f"steps={steps} and batch_positions={batch_positions} must both be >= 1")
-    check_feature_loss(feature_loss, model.config.model_head)
+    check_loss_weight(feature_loss, model.config.model_head)
+    check_loss_weight(teacher_loss, model.config.model_head, "teacher_loss")
     params = [p for p in model.head.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, warmup=warmup_steps, total=steps))
@@ -291,9 +305,9 @@ def fit_head(
             order, cursor = torch.randperm(len(features), generator=generator), 0
         index = order[cursor : cursor + batch_positions]
         cursor += batch_positions
-        loss, regression = _head_loss(model, features, index, draft, bool(feature_loss))
+        loss, auxiliary = _head_loss(model, features, index, draft, feature_loss, teacher_loss)
         optimizer.zero_grad(set_to_none=True)
-        (loss if regression is None else loss + feature_loss * regression).backward()
+        (loss if auxiliary is None else loss + auxiliary).backward()
         optimizer.step()
         scheduler.step()
         losses.append(loss.item())
