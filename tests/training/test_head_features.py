@@ -134,29 +134,33 @@ def test_ahead_finds_the_backbone_features_of_later_positions_of_the_same_row():
                 assert torch.equal(later[i, k], features.hidden[j, :32])
 
 
-def test_feature_loss_pulls_the_drafted_features_towards_the_backbones():
+def _auxiliary_loss(model: TJDModel, features: Features, loss: str) -> float:
+    """The eagle head's ``loss`` (feature_loss or teacher_loss) over all the features."""
+    backbone, found = features.ahead(torch.arange(len(features)), 2, 32)
+    with torch.no_grad():
+        _, drafted, log_q = model.head.scored(
+            features.hidden, features.targets, features.first, inputs=features.inputs, distributions=True
+        )
+    if loss == "feature_loss":
+        return float(model.head.feature_loss(drafted, backbone, found))
+    return float(model.head.teacher_loss(log_q[:, 1:], backbone, found))  # y_1's is the backbone's own
+
+
+@pytest.mark.parametrize("loss", ["feature_loss", "teacher_loss"])
+def test_an_auxiliary_loss_pulls_the_drafter_towards_the_backbone(loss):
+    """feature_loss: the drafted features towards the backbone's; teacher_loss: the drafted conditionals."""
     rows = _rows(6, 16, 64)
-    features = collect_features(_model(head="eagle", horizon=3, rank=1), rows, horizon=3, pad_token_id=2)
-    index = torch.arange(len(features))
-    ahead = features.ahead(index, 2, 32)
-
-    def distance(model):
-        with torch.no_grad():
-            _, drafted, _ = model.head.scored(features.hidden, features.targets, features.first)
-            return float(model.head.feature_loss(drafted, *ahead))
-
-    distances = {}
+    features = collect_features(_model(head="eagle", horizon=3, rank=1), rows, 3, pad_token_id=2, targets="model")
+    measured = {}
     for weight in (0.0, 3.0):
         model = _model(head="eagle", horizon=3, rank=1)
-        fit_head(model, features, steps=40, batch_positions=32, lr=1e-2, log_every=0, feature_loss=weight)
-        distances[weight] = distance(model)
-    assert distances[3.0] < distances[0.0]
-    with pytest.raises(ValueError, match="feature_loss=1 is for eagle heads"):
-        fit_head(_model(), features, steps=1, batch_positions=4, lr=1e-3, feature_loss=1)
-    with pytest.raises(ValueError, match="feature_loss=-1 is not allowed"):
-        fit_head(
-            _model(head="eagle", horizon=3, rank=1), features, steps=1, batch_positions=4, lr=1e-3, feature_loss=-1
-        )
+        fit_head(model, features, steps=40, batch_positions=32, lr=1e-2, log_every=0, **{loss: weight})
+        measured[weight] = _auxiliary_loss(model, features, loss)
+    assert measured[3.0] < measured[0.0]
+    with pytest.raises(ValueError, match=f"{loss}=0.5 is for eagle heads"):
+        fit_head(_model(), features, steps=1, batch_positions=4, lr=1e-3, **{loss: 0.5})
+    with pytest.raises(ValueError, match=f"{loss}=-1 is not allowed"):
+        fit_head(_model(head="eagle", horizon=3, rank=1), features, steps=1, batch_positions=4, lr=1e-3, **{loss: -1})
 
 
 @pytest.mark.parametrize("subset", [None, [3, 5, 8, 13, 21, 34, 55]])
@@ -175,30 +179,3 @@ def test_teacher_loss_is_the_kl_from_the_backbones_next_token_distribution(subse
     expected = (p * (p.log() - other)).sum(-1)[found].mean()
     assert float(own) == pytest.approx(0.0, abs=1e-6)
     assert float(kl) == pytest.approx(float(expected), rel=1e-5)
-
-
-def test_teacher_loss_pulls_the_drafted_conditionals_towards_the_backbones():
-    rows = _rows(6, 16, 64)
-    features = collect_features(_model(head="eagle", horizon=3, rank=1), rows, 3, pad_token_id=2, targets="model")
-    index = torch.arange(len(features))
-    backbone, found = features.ahead(index, 2, 32)
-
-    def divergence(model):
-        with torch.no_grad():
-            _, _, log_q = model.head.scored(
-                features.hidden, features.targets, features.first, inputs=features.inputs, distributions=True
-            )
-            return float(model.head.teacher_loss(log_q[:, 1:], backbone, found))
-
-    divergences = {}
-    for weight in (0.0, 3.0):
-        model = _model(head="eagle", horizon=3, rank=1)
-        fit_head(model, features, steps=40, batch_positions=32, lr=1e-2, log_every=0, teacher_loss=weight)
-        divergences[weight] = divergence(model)
-    assert divergences[3.0] < divergences[0.0]
-    with pytest.raises(ValueError, match="teacher_loss=0.5 is for eagle heads"):
-        fit_head(_model(), features, steps=1, batch_positions=4, lr=1e-3, teacher_loss=0.5)
-    with pytest.raises(ValueError, match="teacher_loss=-1 is not allowed"):
-        fit_head(
-            _model(head="eagle", horizon=3, rank=1), features, steps=1, batch_positions=4, lr=1e-3, teacher_loss=-1
-        )
