@@ -196,7 +196,7 @@ class EagleHead(JointHead):
         """KL(p || q) of the backbone's own next-token distribution p = softmax(E h') from its last hidden states
         h' (B, K, D) to the drafter's conditionals log q (B, K, V) at the same positions, averaged where ``found``
         (B, K): soft targets (the backbone's whole ranking, not just its argmax). ``draft``: both over the draft
-        vocabulary (p renormalised there), as ``log_q`` is when drafted from it."""
+        vocabulary (p renormalised there) when the head has one, as ``log_q`` is when drafted from it."""
         with torch.no_grad():
             log_p = torch.log_softmax(self.emission_logits(backbone, draft=draft), dim=-1)
         kl = (log_p.exp() * (log_p - log_q)).sum(-1)

@@ -207,8 +207,8 @@ def run_fit_heads(
         raise ValueError(f"feature_dtype={feature_dtype!r} is not allowed; use one of {', '.join(DTYPES)}")
     check_targets(targets)
     for spec in specs:
-        check_loss_weight(feature_loss, spec.head)
-        check_loss_weight(teacher_loss, spec.head, "teacher_loss")
+        check_loss_weight("feature_loss", feature_loss, spec.head)
+        check_loss_weight("teacher_loss", teacher_loss, spec.head)
     sources = parse_sources(data, dataset)
     if num_threads is not None:
         check_int("num_threads", num_threads)

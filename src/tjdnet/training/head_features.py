@@ -240,8 +240,7 @@ def _head_loss(
     if feature_loss:
         auxiliary = auxiliary + feature_loss * model.head.feature_loss(drafted, backbone, found)
     if teacher_loss:  # q(y_1 | h) is the backbone's own: the drafted conditionals start at y_2
-        in_subset = draft and model.head.draft_vocab is not None
-        auxiliary = auxiliary + teacher_loss * model.head.teacher_loss(conditionals[:, 1:], backbone, found, in_subset)
+        auxiliary = auxiliary + teacher_loss * model.head.teacher_loss(conditionals[:, 1:], backbone, found, draft)
     return -log_q.sum() / n_tokens, auxiliary
 
 
@@ -257,7 +256,7 @@ def evaluate_head(model: TJDModel, features: Features, batch_positions: int = 25
     return total / max(count, 1)
 
 
-def check_loss_weight(weight: object, head: str, name: str = "feature_loss") -> None:
+def check_loss_weight(name: str, weight: object, head: str) -> None:
     """A one-line error unless ``weight`` (of the loss ``name``) is a number >= 0, and 0 for a head other than
     eagle (the auxiliary losses read the features and conditionals an autoregressive drafter drafts)."""
     if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
@@ -291,8 +290,8 @@ def fit_head(
     """
     if steps < 1 or batch_positions < 1:
         raise ValueError(f"steps={steps} and batch_positions={batch_positions} must both be >= 1")
-    check_loss_weight(feature_loss, model.config.model_head)
-    check_loss_weight(teacher_loss, model.config.model_head, "teacher_loss")
+    check_loss_weight("feature_loss", feature_loss, model.config.model_head)
+    check_loss_weight("teacher_loss", teacher_loss, model.config.model_head)
     params = [p for p in model.head.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, warmup=warmup_steps, total=steps))
