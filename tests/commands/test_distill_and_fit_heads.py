@@ -179,11 +179,11 @@ def test_fit_heads_reads_several_sources_and_learns_the_backbones_own_tokens(tin
     )  # fmt: skip
     summary = run_fit_heads(
         f"{tmp_path / 'd.jsonl'},jsonl={text}", out_dir=str(tmp_path / "h"), targets="model", feature_loss=1.0,
-        teacher_loss=1.0, **options,
+        teacher_loss=1.0, compute_dtype="bfloat16", **options,
     )  # fmt: skip
     assert summary["examples"] == 12 + 8 and summary["targets"] == "model"
     info = summary["heads"]["eagle_r1_h3"]
-    assert info["feature_loss"] == info["teacher_loss"] == 1.0
+    assert info["feature_loss"] == info["teacher_loss"] == 1.0 and info["compute_dtype"] == "bfloat16"
     assert info["held_out_nll_after"] < info["held_out_nll_before"]
     trained = load_trained(tmp_path / "h" / "eagle_r1_h3")
     prompts = torch.tensor([[5, 17, 33, 8, 9]])
@@ -198,6 +198,8 @@ def test_fit_heads_reads_several_sources_and_learns_the_backbones_own_tokens(tin
     ]:
         with pytest.raises(error, match=message):
             run_fit_heads(data, out_dir=str(tmp_path / "bad"), targets=targets, **options)
+    with pytest.raises(ValueError, match="compute_dtype='fp8' is not allowed"):
+        run_fit_heads(str(text), out_dir=str(tmp_path / "bad"), compute_dtype="fp8", **options)
     with pytest.raises(ValueError, match="teacher_loss=1 is for eagle heads"):
         run_fit_heads(str(text), out_dir=str(tmp_path / "bad"), **{**options, "heads": "medusa:1:3"}, teacher_loss=1)
 

@@ -59,6 +59,24 @@ def test_fit_head_lowers_the_loss_and_is_deterministic():
         fit_head(_model(), train, steps=0, batch_positions=4, lr=1e-3)
 
 
+@pytest.mark.parametrize("head", ["cp", "eagle"])
+def test_bfloat16_compute_trains_like_float32_and_keeps_float32_weights(head):
+    features = collect_features(_model(head, rank=1), _rows(6, 16, 64), horizon=3, pad_token_id=2)
+    losses = {}
+    for compute_dtype in ("float32", "bfloat16"):
+        model = _model(head, rank=1)
+        losses[compute_dtype] = fit_head(
+            model, features, steps=30, batch_positions=16, lr=1e-2, log_every=0, compute_dtype=compute_dtype
+        )
+        assert all(p.dtype == torch.float32 for p in model.head.parameters())
+    fp32, bf16 = losses["float32"], losses["bfloat16"]
+    assert bf16 != fp32  # the products did run in bfloat16
+    assert sum(bf16[-5:]) < sum(bf16[:5])
+    assert sum(bf16[-5:]) == pytest.approx(sum(fp32[-5:]), rel=0.05)
+    with pytest.raises(ValueError, match="compute_dtype='float16' is not allowed; use one of float32, bfloat16"):
+        fit_head(_model(), features, steps=1, batch_positions=4, lr=1e-3, compute_dtype="float16")
+
+
 def test_rows_batched_by_length_get_the_features_they_get_alone():
     model = _model()
     rows = _rows(7, 16, model.vocab_size)  # lengths 16, 15, 14, 16, ...: batches of 3 mix them unless sorted

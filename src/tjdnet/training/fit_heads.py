@@ -32,6 +32,7 @@ from tjdnet.model import TJDConfig, TJDModel
 from tjdnet.training.head_features import (
     Features,
     cached_features,
+    check_compute_dtype,
     check_loss_weight,
     check_targets,
     collect_features,
@@ -157,6 +158,7 @@ def run_fit_heads(
     features_cache: str | None = None,
     feature_loss: float = 0.0,
     teacher_loss: float = 0.0,
+    compute_dtype: str = "float32",
 ) -> dict:
     """Train every head of ``heads`` on ``data``; save each to ``out_dir/<name>`` and report held-out NLLs.
 
@@ -196,6 +198,8 @@ def run_fit_heads(
         teacher_loss: weight w of a soft-target loss (eagle heads only): each step also minimises w x the KL
             divergence of each drafted conditional from the backbone's own next-token distribution at the same
             position (its whole ranking, not only the argmax the targets hold).
+        compute_dtype: of the heads' matrix products while they train: float32, or bfloat16 (mixed precision:
+            weights and optimiser state stay float32; about twice as fast on CPUs with bfloat16 instructions).
     """
     if not isinstance(lr, int | float) or lr <= 0:
         raise ValueError(f"lr={lr!r} is not allowed; use a number > 0")
@@ -209,6 +213,7 @@ def run_fit_heads(
     for spec in specs:
         check_loss_weight("feature_loss", feature_loss, spec.head)
         check_loss_weight("teacher_loss", teacher_loss, spec.head)
+    check_compute_dtype(compute_dtype)
     sources = parse_sources(data, dataset)
     if num_threads is not None:
         check_int("num_threads", num_threads)
@@ -281,6 +286,7 @@ def run_fit_heads(
             draft=in_draft,
             feature_loss=feature_loss,
             teacher_loss=teacher_loss,
+            compute_dtype=compute_dtype,
         )
         fit_s = time.perf_counter() - t0
         after = evaluate_head(head_model, head_evaluation, draft=in_draft)
@@ -295,6 +301,7 @@ def run_fit_heads(
             "train_loss_last": losses[-1],
             "feature_loss": feature_loss,
             "teacher_loss": teacher_loss,
+            "compute_dtype": compute_dtype,
             "targets": targets,
             "fit_s": round(fit_s, 1),
             "directory": str(directory),

@@ -265,6 +265,20 @@ def check_loss_weight(name: str, weight: object, head: str) -> None:
         raise ValueError(f"{name}={weight} is for eagle heads, which draft features step by step; {head} does not")
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def check_compute_dtype(compute_dtype: object) -> None:
+    """A one-line error unless ``compute_dtype`` is one of :data:`COMPUTE_DTYPES`."""
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype={compute_dtype!r} is not allowed; use one of {', '.join(COMPUTE_DTYPES)}")
+
+
+def autocast(compute_dtype: str, device: torch.device) -> torch.autocast:
+    """The context the training steps run in: mixed precision for bfloat16, a no-op for float32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=compute_dtype == "bfloat16")
+
+
 def fit_head(
     model: TJDModel,
     features: Features,
@@ -277,6 +291,7 @@ def fit_head(
     draft: bool = False,
     feature_loss: float = 0.0,
     teacher_loss: float = 0.0,
+    compute_dtype: str = "float32",
 ) -> list[float]:
     """Train ``model.head`` (only) on the features with AdamW and the ``fit`` schedule; returns step losses.
 
@@ -285,13 +300,15 @@ def fit_head(
     distribution drafted from the head's draft vocabulary (:func:`head_nll`). ``feature_loss`` w > 0 (eagle
     only): minimise NLL + w x the distance of the drafted features to the backbone's own at the same positions
     (EAGLE-1's regression loss); ``teacher_loss`` w' > 0 (eagle only) adds w' x the KL divergence of the drafted
-    conditionals from the backbone's own next-token distributions there (soft targets). The losses returned are
-    the NLLs.
+    conditionals from the backbone's own next-token distributions there (soft targets). ``compute_dtype``
+    bfloat16: the steps' matrix products run in bfloat16 (autocast; weights, optimiser state and losses stay
+    float32): about twice as fast on CPUs with bfloat16 instructions. The losses returned are the NLLs.
     """
     if steps < 1 or batch_positions < 1:
         raise ValueError(f"steps={steps} and batch_positions={batch_positions} must both be >= 1")
     check_loss_weight("feature_loss", feature_loss, model.config.model_head)
     check_loss_weight("teacher_loss", teacher_loss, model.config.model_head)
+    check_compute_dtype(compute_dtype)
     params = [p for p in model.head.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, warmup=warmup_steps, total=steps))
@@ -304,7 +321,8 @@ def fit_head(
             order, cursor = torch.randperm(len(features), generator=generator), 0
         index = order[cursor : cursor + batch_positions]
         cursor += batch_positions
-        loss, auxiliary = _head_loss(model, features, index, draft, feature_loss, teacher_loss)
+        with autocast(compute_dtype, params[0].device):
+            loss, auxiliary = _head_loss(model, features, index, draft, feature_loss, teacher_loss)
         optimizer.zero_grad(set_to_none=True)
         (loss if auxiliary is None else loss + auxiliary).backward()
         optimizer.step()
