@@ -31,8 +31,8 @@ seed-check: venv
 	$(OFFLINE) $(BIN)/tjdnet fit --config configs/seed_check.yaml
 
 # ---- the shipped head (pretrained/): self-distilled GSM8K + chat data and GSM8K's written answers labelled with the
-# backbone's own next tokens, then an eagle drafter on them (~95 min alone on 2 cores: distill 33, features 33,
-# fit ~29) ----
+# backbone's own next tokens, then an eagle drafter on them (~93 min alone on 2 cores: distill 33, features 33,
+# fit ~27) ----
 # (the drafter also reads decoder layers 10 and 20 of the backbone, EAGLE-3's fused features, and is trained with
 # EAGLE-1's feature loss, in mixed precision: docs/heads.md)
 DATA ?= ../shared/data

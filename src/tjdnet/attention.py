@@ -25,6 +25,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from tjdnet.checks import check_choice
 from tjdnet.row_invariance import row_invariant_products
 
 EXACT = "tjdnet_exact"
@@ -109,8 +110,7 @@ def register_exact_attention() -> None:
 
 def resolve_attention(choice: str, dtype: torch.dtype) -> bool:
     """Whether ``choice`` (``auto``: exact for 16-bit floats; ``exact``; ``model``: the model's own) means exact."""
-    if choice not in ATTENTION_CHOICES:
-        raise ValueError(f"attention={choice!r} is not allowed; use one of {', '.join(ATTENTION_CHOICES)}")
+    check_choice("attention", choice, ATTENTION_CHOICES)
     if choice == "auto":
         return dtype in (torch.bfloat16, torch.float16)
     return choice == "exact"

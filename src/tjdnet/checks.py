@@ -1,6 +1,9 @@
-"""The one check of an integer setting, shared by every place a count enters (configs, options, commands)."""
+"""The checks of a setting's value shared by every place one enters (configs, options, commands): an integer of
+at least some bound, or one of a few named choices."""
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 
 def check_int(name: str, value: object, low: int = 1, allowed: str | None = None) -> None:
@@ -8,3 +11,9 @@ def check_int(name: str, value: object, low: int = 1, allowed: str | None = None
     an int (not a bool) of at least ``low``."""
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         raise ValueError(f"{name}={value!r} is not allowed; use an integer {allowed or f'>= {low}'}")
+
+
+def check_choice(name: str, value: object, choices: Collection[str]) -> None:
+    """ValueError ``<name>=<value> is not allowed; use one of <choices>`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not allowed; use one of {', '.join(choices)}")

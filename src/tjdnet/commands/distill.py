@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from tjdnet.checks import check_int
+from tjdnet.checks import check_choice, check_int
 from tjdnet.commands.options import parse_call
 from tjdnet.data import Conversation, Example, load_examples
 from tjdnet.devices import resolve_device
@@ -87,8 +87,7 @@ def run_distill(
         check_int(name, value, low)
     if num_questions is not None:
         check_int("num_questions", num_questions)
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not allowed; use one of {', '.join(DTYPES)}")
+    check_choice("dtype", dtype, DTYPES)
     use_source = source not in (None, "none")
     if not use_source and not chat_prompts and not opener_prompts:
         raise ValueError("nothing to distil: give a --source with questions, --chat_prompts or --opener_prompts")

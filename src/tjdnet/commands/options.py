@@ -15,7 +15,7 @@ from jsonargparse import ArgumentParser
 
 from tjdnet.attention import ATTENTION_CHOICES
 from tjdnet.checkpoints import load_trained
-from tjdnet.checks import check_int
+from tjdnet.checks import check_choice, check_int
 from tjdnet.decoding import DEFAULT_TREE_MAX_NODES, DEFAULT_TREE_NODES, DEFAULT_TREE_TOPK, mode_arguments
 from tjdnet.devices import resolve_device
 from tjdnet.files import keep_previous, write_json
@@ -63,10 +63,9 @@ class DecodingOptions:
         ):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name), low)
-        if self.dtype is not None and self.dtype not in DTYPES:
-            raise ValueError(f"dtype={self.dtype!r} is not allowed; use one of {', '.join(DTYPES)}")
-        if self.attention not in ATTENTION_CHOICES:
-            raise ValueError(f"attention={self.attention!r} is not allowed; use one of {', '.join(ATTENTION_CHOICES)}")
+        if self.dtype is not None:
+            check_choice("dtype", self.dtype, DTYPES)
+        check_choice("attention", self.attention, ATTENTION_CHOICES)
 
     def apply_threads(self) -> None:
         if self.num_threads is not None:

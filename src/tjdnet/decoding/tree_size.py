@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import torch
 
+from tjdnet.checks import check_choice
 from tjdnet.decoding.tree import DraftTree
 
 TREE_SIZES = ("fixed", "auto")
@@ -104,8 +105,7 @@ def best_tree_size(
 
 
 def check_tree_size(tree_size: str) -> None:
-    if tree_size not in TREE_SIZES:
-        raise ValueError(f"tree_size={tree_size!r} is not allowed; use one of {', '.join(TREE_SIZES)}")
+    check_choice("tree_size", tree_size, TREE_SIZES)
 
 
 COST_KEY_FIELDS = ("batch", "max_tokens", "dtype", "device", "threads")

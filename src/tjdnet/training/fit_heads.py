@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from tjdnet.checks import check_int
+from tjdnet.checks import check_choice, check_int
 from tjdnet.commands.options import parse_call
 from tjdnet.data import DATASETS, answer_tokens, encode_example, load_examples
 from tjdnet.data.sources import read_qa_jsonl
@@ -30,9 +30,9 @@ from tjdnet.loading import DTYPES
 from tjdnet.machine import machine_info
 from tjdnet.model import TJDConfig, TJDModel
 from tjdnet.training.head_features import (
+    COMPUTE_DTYPES,
     Features,
     cached_features,
-    check_compute_dtype,
     check_loss_weight,
     check_targets,
     collect_features,
@@ -207,13 +207,12 @@ def run_fit_heads(
     for name, value in (("steps", steps), ("batch_positions", batch_positions), ("seq_len", seq_len)):
         check_int(name, value)
     check_int("held_out", held_out, 0)
-    if feature_dtype not in DTYPES:
-        raise ValueError(f"feature_dtype={feature_dtype!r} is not allowed; use one of {', '.join(DTYPES)}")
+    check_choice("feature_dtype", feature_dtype, DTYPES)
     check_targets(targets)
     for spec in specs:
         check_loss_weight("feature_loss", feature_loss, spec.head)
         check_loss_weight("teacher_loss", teacher_loss, spec.head)
-    check_compute_dtype(compute_dtype)
+    check_choice("compute_dtype", compute_dtype, COMPUTE_DTYPES)
     sources = parse_sources(data, dataset)
     if num_threads is not None:
         check_int("num_threads", num_threads)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from tjdnet.checks import check_choice
 from tjdnet.data import collate
 from tjdnet.files import atomic_file
 from tjdnet.heads.window import Window
@@ -124,8 +125,7 @@ TARGETS = ("data", "model")
 
 def check_targets(targets: object) -> None:
     """A one-line error unless ``targets`` is one of :data:`TARGETS`."""
-    if targets not in TARGETS:
-        raise ValueError(f"targets={targets!r} is not allowed; use one of {', '.join(TARGETS)}")
+    check_choice("targets", targets, TARGETS)
 
 
 def model_labels(model: TJDModel, labels: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
@@ -268,12 +268,6 @@ def check_loss_weight(name: str, weight: object, head: str) -> None:
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
-def check_compute_dtype(compute_dtype: object) -> None:
-    """A one-line error unless ``compute_dtype`` is one of :data:`COMPUTE_DTYPES`."""
-    if compute_dtype not in COMPUTE_DTYPES:
-        raise ValueError(f"compute_dtype={compute_dtype!r} is not allowed; use one of {', '.join(COMPUTE_DTYPES)}")
-
-
 def autocast(compute_dtype: str, device: torch.device) -> torch.autocast:
     """The context the training steps run in: mixed precision for bfloat16, a no-op for float32."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=compute_dtype == "bfloat16")
@@ -308,7 +302,7 @@ def fit_head(
         raise ValueError(f"steps={steps} and batch_positions={batch_positions} must both be >= 1")
     check_loss_weight("feature_loss", feature_loss, model.config.model_head)
     check_loss_weight("teacher_loss", teacher_loss, model.config.model_head)
-    check_compute_dtype(compute_dtype)
+    check_choice("compute_dtype", compute_dtype, COMPUTE_DTYPES)
     params = [p for p in model.head.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, warmup=warmup_steps, total=steps))

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 
 from tjdnet.checkpoints import BASE_KEY, STATE_PREFIX, restore_trained_weights
+from tjdnet.checks import check_choice
 from tjdnet.config import TJDConfig
 from tjdnet.data import answer_tokens
 from tjdnet.heads.vocab import check_draft_vocab_size, frequent_tokens
@@ -40,8 +41,7 @@ class FitSettings(TJDConfig):
             raise ValueError(f"lr={self.lr} is not allowed; use a value > 0")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps={self.warmup_steps} is not allowed; use an integer >= 0")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype={self.dtype!r} is not allowed; use one of {', '.join(DTYPES)}")
+        check_choice("dtype", self.dtype, DTYPES)
 
 
 class TJDLitModule(L.LightningModule):
