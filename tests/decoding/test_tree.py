@@ -133,7 +133,15 @@ def test_tree_acceptance_follows_the_verifier_argmax():
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
-def test_kv_cache_after_a_tree_step_holds_only_the_accepted_path(kind):
+@pytest.mark.parametrize(
+    "path,kept",
+    [
+        ([[0, 2, 4, 5], [0, 1, 1, 1]], [4, 2]),  # row 0 keeps root, 2, 4, 5; row 1 keeps root, 1
+        ([[0, 1, 3, 3], [0, 1, 2, 2]], [3, 3]),  # slots move from depth 2 on (row 0's node 3)
+        ([[0, 1, 1, 1], [0, 1, 2, 2]], [2, 3]),  # every kept node already sits at its depth: nothing moves
+    ],
+)
+def test_kv_cache_after_a_tree_step_holds_only_the_accepted_path(kind, path, kept):
     model = build(kind)
     prompt = torch.randint(3, TINY_VOCAB, (2, 6))
     tree = DraftTree(
@@ -142,8 +150,7 @@ def test_kv_cache_after_a_tree_step_holds_only_the_accepted_path(kind):
         depths=torch.tensor([[1, 1, 2, 2, 3], [1, 2, 2, 3, 3]]),
     )
     root = torch.randint(3, TINY_VOCAB, (2, 1))
-    path = torch.tensor([[0, 2, 4, 5], [0, 1, 1, 1]])  # row 0 keeps root, 2, 4, 5; row 1 keeps root, 1
-    kept = torch.tensor([4, 2])
+    path, kept = torch.tensor(path), torch.tensor(kept)
     nxt = torch.randint(3, TINY_VOCAB, (2, 1))
     with torch.no_grad():
         rows = _Rows([DynamicCache(config=model.lm.config)], torch.ones_like(prompt), torch.tensor([6, 6]))
@@ -151,7 +158,7 @@ def test_kv_cache_after_a_tree_step_holds_only_the_accepted_path(kind):
         mask, positions = rows.tree_inputs(tree, torch.float32)
         model.hidden_states(torch.cat([root, tree.tokens], 1), mask, positions, rows.caches[0])
         rows.keep_path(6, path, kept)
-        assert rows.next_pos.tolist() == [10, 8]
+        assert rows.next_pos.tolist() == (6 + kept).tolist()
         mask, positions = rows.feed_inputs(1)
         got = model.hidden_states(nxt, mask, positions, rows.caches[0])[:, -1]
         for b in range(2):

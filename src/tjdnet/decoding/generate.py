@@ -90,13 +90,16 @@ class _Rows:
         moved to the front of the fed slots in path order."""
         width = int(kept.max())
         start = self.caches[0].get_seq_length() - fed
-        index = start + path[:, :width]
-        for cache in self.caches:
+        # Slots already in place (node j at depth j, as when the best nodes form a chain) need no move.
+        moved = (path[:, :width] != torch.arange(width, device=path.device)).any(dim=0).nonzero()
+        first = int(moved[0]) if len(moved) else width
+        index = start + path[:, first:width]
+        for cache in self.caches if first < width else ():
             for layer in cache.layers:
                 for name in ("keys", "values"):
                     states = getattr(layer, name)  # (A, heads, L + fed, d)
                     picked = states.gather(2, index[:, None, :, None].expand(-1, states.shape[1], -1, states.shape[3]))
-                    states[:, :, start : start + width] = picked
+                    states[:, :, start + first : start + width] = picked
         self.keep_first(fed, kept)
 
     def keep_first(self, fed: int, kept: torch.Tensor) -> None:
