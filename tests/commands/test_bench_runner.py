@@ -18,6 +18,8 @@ MODE_FIELDS = (
     "prefill_time_s",
     "tokens_per_s",
     "decode_tokens_per_s",
+    "decode_ms_per_step",
+    "draft_ms_per_step",
     "speedup_vs_ar",
     "speedup_vs_hf_generate",
     "identical_to_ar",
@@ -65,6 +67,11 @@ def test_bench_cli_writes_every_field(tiny_ckpt, tmp_path):
     assert results["draft"]["forward_passes"] == 2 * 3 and results["draft"]["tau"] == pytest.approx(16 / 6)
     spec = results["speculative"]
     assert 0.0 <= spec["acceptance_rate"] <= 1.0 and len(spec["per_position_acceptance"]) == 2
+    # A step's time and its drafting share: our modes time their own steps; transformers' report none.
+    for mode in ("speculative", "speculative_tree", "speculative_tree_auto", "draft"):
+        assert 0 < results[mode]["draft_ms_per_step"] < results[mode]["decode_ms_per_step"], mode
+    assert results["ar"]["draft_ms_per_step"] is None and results["ar"]["decode_ms_per_step"] > 0
+    assert results["hf_generate"]["decode_ms_per_step"] is None
 
 
 def test_batched_bench_skips_prompt_lookup_with_a_reason(tiny_ckpt, tmp_path):

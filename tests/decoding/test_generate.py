@@ -1,6 +1,8 @@
 """Decoding on tiny random models: exactness against plain decoding and transformers, batching,
 pass counting, the KV cache after rejections, and input errors."""
 
+import time
+
 import pytest
 import torch
 from tiny_models import TINY_VOCAB, head_only_config, make_tiny_lm, perturb_lora_b
@@ -168,6 +170,23 @@ def test_padded_batch_without_a_mask_is_refused():
 def test_malformed_prompt_tensors_are_one_line_errors(ids, mask, match):
     with pytest.raises(ValueError, match=match):
         build("gpt2").generate(ids, mask)
+
+
+@pytest.mark.parametrize("gen_mode,tree_nodes", [("ar", 0), ("speculative", 0), ("speculative", 4), ("draft", 0)])
+def test_draft_time_is_the_time_spent_in_the_head(gen_mode, tree_nodes, monkeypatch):
+    model = build("gpt2", "cp", 3)
+    forward, calls = model.head.forward, []
+
+    def slow_head(*args, **kwargs):  # a head that takes at least 5 ms per block
+        calls.append(1)
+        time.sleep(0.005)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model.head, "forward", slow_head)
+    ids, mask = ragged_prompts(2)
+    stats = model.generate(ids, mask, gen_mode=gen_mode, max_new_tokens=12, tree_nodes=tree_nodes).stats
+    assert len(calls) > 0 or gen_mode == "ar"
+    assert 0.005 * len(calls) <= stats.draft_time_s < stats.decode_time_s
 
 
 @pytest.mark.parametrize("token_conditioned", [False, True])

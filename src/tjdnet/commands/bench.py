@@ -41,6 +41,8 @@ TABLE_COLUMNS = (
     "acceptance_rate",
     "decode_time_s",
     "tokens_per_s",
+    "decode_ms_per_step",
+    "draft_ms_per_step",
     "speedup_vs_ar",
     "speedup_vs_hf_generate",
     "identical_to_ar",

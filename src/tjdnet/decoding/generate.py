@@ -477,6 +477,7 @@ def _speculative_loop(
             )
         n_accepted, pending, hidden = step.n_accepted, step.pending, step.hidden
         stats.decode_steps += 1
+        stats.draft_time_s += step.draft_s
         for a, r in enumerate(rows.index.tolist()):
             n = int(n_accepted[a])
             taken = out.commit(r, step.accepted[a, :n].tolist())
@@ -504,13 +505,14 @@ class _Step:
     """One verified step: ``n_accepted`` (A,) of the ``accepted`` (A, k) drafted tokens were taken, ``pending``
     (A,) is the verifier's next token, ``path_hidden`` (A, k + 1, F) the head's inputs at the fed positions along
     the accepted path (the first n_accepted + 1 of them kept), ``drafted`` the number of drafted tokens fed per
-    row."""
+    row, ``draft_s`` the seconds spent drafting them."""
 
     accepted: torch.Tensor
     n_accepted: torch.Tensor
     pending: torch.Tensor
     path_hidden: torch.Tensor
     drafted: int
+    draft_s: float = 0.0
 
     @property
     def hidden(self) -> torch.Tensor:
@@ -526,11 +528,13 @@ def _head_block(head, hidden: torch.Tensor, horizon: int, first=None, window: Wi
 def _chain_step(model, rows, hidden, pending, k, config, forward, generator, verify=True, window=None) -> _Step:
     """Draft one chain of k tokens after ``pending`` and verify it (k = 0: a plain step; ``verify=False``: take
     the whole chain, the verifier choosing only the token after it)."""
+    start = time.perf_counter()
     if k > 0:
         block = _head_block(model.head, hidden, k + 1, pending, window)
         draft, draft_log_q = block.draft(config, prefix=pending[:, None], generator=generator)
     else:
         draft = pending.new_zeros(len(pending), 0)
+    draft_s = time.perf_counter() - start if k > 0 else 0.0
     mask, positions = rows.feed_inputs(k + 1)
     step_hidden, log_p = forward(torch.cat([pending[:, None], draft], dim=1), mask, positions)
     if k == 0 or not verify:
@@ -541,7 +545,7 @@ def _chain_step(model, rows, hidden, pending, k, config, forward, generator, ver
     else:
         n_accepted, pending = greedy_accept(draft, log_p)
     rows.keep_first(k + 1, n_accepted + 1)
-    return _Step(draft, n_accepted, pending, step_hidden, k)
+    return _Step(draft, n_accepted, pending, step_hidden, k, draft_s)
 
 
 def _tree_step(model, rows, hidden, pending, k, tree_nodes, tree_topk, forward, sizer=None, window=None) -> _Step:
@@ -550,8 +554,9 @@ def _tree_step(model, rows, hidden, pending, k, tree_nodes, tree_topk, forward, 
     start = time.perf_counter()
     block = _head_block(model.head, hidden, k + 1, pending, window)
     tree = build_draft_tree(block, pending, k, tree_nodes, tree_topk)
+    draft_s = time.perf_counter() - start
     if sizer is not None:
-        tree = sizer.choose(tree, time.perf_counter() - start)
+        tree = sizer.choose(tree, draft_s)
     start = time.perf_counter()
     mask, positions = rows.tree_inputs(tree, hidden.dtype)
     step_hidden, log_p = forward(torch.cat([pending[:, None], tree.tokens], dim=1), mask, positions)
@@ -561,7 +566,7 @@ def _tree_step(model, rows, hidden, pending, k, tree_nodes, tree_topk, forward, 
     accepted = tree.tokens.gather(1, (path[:, 1:] - 1).clamp_min(0))  # (A, k) tokens along the path
     rows.keep_path(tree.size + 1, path, n_accepted + 1)
     along = path.clamp_min(0)[..., None].expand(-1, -1, step_hidden.shape[-1])
-    return _Step(accepted, n_accepted, pending, step_hidden.gather(1, along), tree.size)
+    return _Step(accepted, n_accepted, pending, step_hidden.gather(1, along), tree.size, draft_s)
 
 
 def _draft_loop(model, rows, hidden, config, horizon, out, stats, forward, generator, window=None) -> None:
@@ -569,7 +574,9 @@ def _draft_loop(model, rows, hidden, config, horizon, out, stats, forward, gener
     :func:`_speculative_loop`."""
     while True:
         k = min(horizon, max(out.remaining(r) for r in rows.index.tolist()))
+        start = time.perf_counter()
         tokens = _draft_block(model.head, hidden, k, config, generator, window)
+        stats.draft_time_s += time.perf_counter() - start
         for a, r in enumerate(rows.index.tolist()):
             stats.rows[r].new_tokens += out.commit(r, tokens[a].tolist())
         keep = torch.tensor([not out.finished[r] for r in rows.index.tolist()], device=hidden.device)

@@ -36,6 +36,8 @@ class GenerationStats:
         forward_passes: backbone calls of the whole batch (the prefill and the verification-only
             passes of ``verify_with_base`` included).
         decode_steps: steps after the prefill (one backbone pass each, two with ``verify_with_base``).
+        draft_time_s: the part of the decoding time spent drafting: the head's block distribution and the chain
+            or tree drawn from it (0 for ``ar``).
         reached / accepted_at: per draft position i, how many drafted tokens were examined (every
             earlier one accepted) and how many of those were accepted.
     """
@@ -47,6 +49,7 @@ class GenerationStats:
     decode_steps: int = 0
     prefill_time_s: float = 0.0
     decode_time_s: float = 0.0
+    draft_time_s: float = 0.0
     reached: list[int] = field(default_factory=list)
     accepted_at: list[int] = field(default_factory=list)
 
