@@ -528,13 +528,14 @@ def _head_block(head, hidden: torch.Tensor, horizon: int, first=None, window: Wi
 def _chain_step(model, rows, hidden, pending, k, config, forward, generator, verify=True, window=None) -> _Step:
     """Draft one chain of k tokens after ``pending`` and verify it (k = 0: a plain step; ``verify=False``: take
     the whole chain, the verifier choosing only the token after it)."""
-    start = time.perf_counter()
+    draft_s = 0.0
     if k > 0:
+        start = time.perf_counter()
         block = _head_block(model.head, hidden, k + 1, pending, window)
         draft, draft_log_q = block.draft(config, prefix=pending[:, None], generator=generator)
+        draft_s = time.perf_counter() - start
     else:
         draft = pending.new_zeros(len(pending), 0)
-    draft_s = time.perf_counter() - start if k > 0 else 0.0
     mask, positions = rows.feed_inputs(k + 1)
     step_hidden, log_p = forward(torch.cat([pending[:, None], draft], dim=1), mask, positions)
     if k == 0 or not verify:
