@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tjdnet"
 # Bottom to top; a unit (a top-level module or sub-package of tjdnet) imports from lower rows only.
 LAYERS = (
     {"tensorops", "sampling", "kernels", "row_invariance", "files", "machine", "fingerprint", "devices", "checks"},
-    {"heads", "attention", "loading", "data"},
+    {"heads", "attention", "quantization", "loading", "data"},
     {"config", "decoding", "distill"},
     {"model", "evaluation"},
     {"checkpoints", "runs"},
@@ -27,7 +27,7 @@ LAYERS = (
     {"cli"},
 )
 CORE = {"tensorops", "sampling", "kernels", "row_invariance", "files", "machine", "fingerprint", "devices", "checks"}
-CORE |= {"heads", "attention"}
+CORE |= {"heads", "attention", "quantization"}
 CORE |= {"loading", "data", "config", "decoding", "distill", "model", "evaluation", "checkpoints", "runs"}
 
 

@@ -45,6 +45,7 @@ def test_bench_cli_writes_every_field(tiny_ckpt, tmp_path):
     assert payload["args"]["num_prompts"] == 2 and payload["args"]["repeats"] == 2
     assert payload["machine"]["threads"] == 1 and payload["dataset"] == "stemp"
     assert payload["attention"] == ("exact" if payload["dtype"] in ("bfloat16", "float16") else "sdpa")
+    assert payload["args"]["draft_weights"] == "auto" and payload["draft_weights"] in ("int8", "model")
     assert set(payload["results"]) == set(BENCH_MODES) and payload["skipped"] == {}
     (costs,) = payload["pass_costs"]  # measured once, for speculative_tree_auto at batch 1
     assert costs["batch"] == 1 and len(costs["ms"]) == costs["max_tokens"] and min(costs["ms"]) > 0

@@ -63,16 +63,22 @@ def test_speculative_sampling_matches_plain_sampling(temperature, top_k, top_p, 
 
 
 @pytest.mark.parametrize(
-    "head,draft_vocab,window",
-    [("medusa", None, 0), ("eagle", None, 0), ("eagle", range(0, TINY_VOCAB, 2), 0), ("eagle", None, 2)],
+    "head,draft_vocab,window,draft_weights",
+    [
+        ("medusa", None, 0, "auto"),
+        ("eagle", None, 0, "auto"),
+        ("eagle", range(0, TINY_VOCAB, 2), 0, "int8"),  # drafted with int8 weights (tjdnet.quantization)
+        ("eagle", range(0, TINY_VOCAB, 2), 0, "model"),
+        ("eagle", None, 2, "auto"),
+    ],
 )
-def test_baseline_drafters_sample_exactly(head, draft_vocab, window):
+def test_baseline_drafters_sample_exactly(head, draft_vocab, window, draft_weights):
     model = build("llama", head, 3, perturb=0.3, sharpen=3.0, context_window=window)
     model.head.set_draft_vocab(None if draft_vocab is None else list(draft_vocab))
-    check_speculative_sampling(model, 0.9, None, None)
+    check_speculative_sampling(model, 0.9, None, None, draft_weights=draft_weights)
 
 
-def check_speculative_sampling(model, temperature, top_k, top_p) -> None:
+def check_speculative_sampling(model, temperature, top_k, top_p, draft_weights: str = "auto") -> None:
     """20,000 speculative samples of three tokens against the exact distribution of plain sampling."""
     prompt = torch.tensor([[5, 17, 33, 8]])
     config = SamplingConfig(True, temperature, top_k, top_p)
@@ -86,6 +92,7 @@ def check_speculative_sampling(model, temperature, top_k, top_p) -> None:
         top_k=top_k,
         top_p=top_p,
         generator=torch.Generator().manual_seed(0),
+        draft_weights=draft_weights,
     )
     tokens = torch.tensor(out.new_tokens)  # (N, 3)
     # The draft path is really exercised: some drafted tokens are accepted and some rejected.

@@ -28,6 +28,7 @@ from tjdnet.evaluation import HF_MODES, format_table, hf_generator, run_modes
 from tjdnet.files import check_writable
 from tjdnet.machine import machine_info
 from tjdnet.model import TJDModel
+from tjdnet.quantization import resolve_draft_weights
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +176,9 @@ def run_bench(
         "attention": "exact"
         if resolve_attention(decoding.attention, tjd.lm.dtype)
         else tjd.lm.config._attn_implementation,
+        # what the speculative modes drafted with (tjdnet.quantization; the draft modes: the head's own weights
+        # unless int8 was asked for)
+        "draft_weights": "int8" if resolve_draft_weights(decoding.draft_weights, "speculative", tjd.head) else "model",
         "parameters": tjd.parameter_report(),
         "machine": machine_info(),
         "results": evaluation.summaries(),

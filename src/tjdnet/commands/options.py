@@ -21,6 +21,7 @@ from tjdnet.devices import resolve_device
 from tjdnet.files import keep_previous, write_json
 from tjdnet.loading import DTYPES
 from tjdnet.model import TJDModel
+from tjdnet.quantization import check_draft_weights
 
 
 @dataclass
@@ -37,6 +38,8 @@ class DecodingOptions:
             nodes as maximise expected tokens per second on this machine.
         attention: ``exact`` (lossless in 16-bit floats), ``model`` (the model's own kernel) or ``auto`` (exact
             for 16-bit models).
+        draft_weights: ``int8`` (the head drafts with int8 copies of its weights: faster on CPU), ``model`` (its
+            own weights) or ``auto`` (int8 in the lossless ``speculative`` modes, its own in the draft modes).
         num_threads: torch CPU threads (default: torch's choice).
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when there is one).
     """
@@ -48,6 +51,7 @@ class DecodingOptions:
     tree_topk: int = DEFAULT_TREE_TOPK
     tree_max_nodes: int = DEFAULT_TREE_MAX_NODES
     attention: str = "auto"
+    draft_weights: str = "auto"
     num_threads: int | None = None
     device: str = "cpu"
 
@@ -66,6 +70,7 @@ class DecodingOptions:
         if self.dtype is not None:
             check_choice("dtype", self.dtype, DTYPES)
         check_choice("attention", self.attention, ATTENTION_CHOICES)
+        check_draft_weights(self.draft_weights)
 
     def apply_threads(self) -> None:
         if self.num_threads is not None:
@@ -73,7 +78,9 @@ class DecodingOptions:
 
     def generate_kwargs(self, mode: str) -> dict[str, Any]:
         """``TJDModel.generate`` keyword arguments of a named mode (see :func:`tjdnet.decoding.mode_arguments`)."""
-        kwargs = mode_arguments(mode, self.tree_nodes, self.tree_topk, self.attention, self.tree_max_nodes)
+        kwargs = mode_arguments(
+            mode, self.tree_nodes, self.tree_topk, self.attention, self.tree_max_nodes, self.draft_weights
+        )
         return {**kwargs, "horizon": self.horizon, "max_new_tokens": self.max_new_tokens}
 
 
