@@ -3,11 +3,11 @@
 A drafting step is a handful of few-row products (M = the tree's nodes at one depth) whose cost on a CPU is reading
 the weights: an EAGLE-style drafter with an 8,192-token draft vocabulary reads ~16 MB of bfloat16 weights per
 depth. With each weight row stored as int8 and one scale (symmetric, per output row), torch's weight-only int8
-product (``aten._weight_int8pack_mm``) reads half the bytes of bfloat16 and a quarter of float32. Measured on the
+product (``aten._weight_int8pack_mm``) reads half the bytes of bfloat16. Measured on the
 2-core AMD EPYC of our CI (2 threads, M = 4): the (576 -> 8,192) draft-vocabulary product 338 -> 158 us, the
 drafter's (576 -> 1,728) product 52 -> 31 us; drafting a tree of SmolLM2-135M's shipped head 5.1 -> 3.4 ms a step.
 
-The int8 kernel is fast only where torch vectorised it (bfloat16 on AVX-512 CPUs; float32 and float16 are 5-9x
+The int8 kernel is fast only where torch vectorised it (bfloat16 on AVX-512 CPUs; float32 and float16 are 4-10x
 slower than their own products there), so ``auto`` measures both products once per process
 (:func:`int8_pays_off`) and drafts in int8 only where it wins.
 
@@ -82,7 +82,7 @@ def int8_pays_off(dtype: torch.dtype, outputs: int, inputs: int, threads: int, r
     faster through the int8 kernel than in ``dtype`` (measured once per process and shape, ~10 ms).
 
     torch's int8 kernel is fast only where it is vectorised: on an AVX-512-bf16 AMD EPYC bfloat16 takes half the
-    time of oneDNN's bfloat16 product, while float32 and float16 take 5-9x longer."""
+    time of oneDNN's bfloat16 product, while float32 and float16 take 4-10x longer."""
     if dtype not in _INT8_DTYPES or inputs % _FUSED_K_MULTIPLE:
         return False
     generator = torch.Generator().manual_seed(0)

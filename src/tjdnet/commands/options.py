@@ -38,8 +38,9 @@ class DecodingOptions:
             nodes as maximise expected tokens per second on this machine.
         attention: ``exact`` (lossless in 16-bit floats), ``model`` (the model's own kernel) or ``auto`` (exact
             for 16-bit models).
-        draft_weights: ``int8`` (the head drafts with int8 copies of its weights: faster on CPU), ``model`` (its
-            own weights) or ``auto`` (int8 in the lossless ``speculative`` modes, its own in the draft modes).
+        draft_weights: ``int8`` (the head drafts with int8 copies of its weights), ``model`` (its own weights) or
+            ``auto`` (int8 in the lossless ``speculative`` modes where a one-off timing on this machine finds it
+            faster, as for bfloat16 on AVX-512 CPUs; its own weights otherwise and in the draft modes).
         num_threads: torch CPU threads (default: torch's choice).
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when there is one).
     """
