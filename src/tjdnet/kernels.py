@@ -62,6 +62,14 @@ def use_onednn_linears(module: nn.Module) -> int:
     return changed
 
 
+def weight_state(weight: torch.Tensor) -> tuple:
+    """What a copy derived from ``weight`` (a draft-vocabulary slice, an int8 copy) depends on: its storage,
+    in-place updates, dtype and device. A copy made when these were the same is still valid. (An inference tensor
+    keeps no version counter; it cannot be changed in place outside inference mode.)"""
+    version = 0 if weight.is_inference() else weight._version
+    return (weight.data_ptr(), version, weight.dtype, weight.device)
+
+
 _flush_depth = 0
 
 

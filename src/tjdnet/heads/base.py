@@ -26,7 +26,7 @@ from torch.utils.checkpoint import checkpoint
 
 from tjdnet.heads.block import BlockDistribution
 from tjdnet.heads.vocab import DraftVocab
-from tjdnet.kernels import onednn_requested, use_onednn_linears
+from tjdnet.kernels import onednn_requested, use_onednn_linears, weight_state
 from tjdnet.tensorops.logspace import IGNORE_INDEX, chain_log_prob
 from tjdnet.tensorops.vocab_log_prob import target_log_probs
 
@@ -149,7 +149,7 @@ class JointHead(nn.Module):
         """The output embedding's rows of the draft vocabulary, as a linear layer (built on first use, and again
         when the embedding changed: other values, dtype or device)."""
         weight, bias = self.unembedding.weight, getattr(self.unembedding, "bias", None)
-        source = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+        source = weight_state(weight)
         if self._draft_unembedding and self._draft_unembedding[1] == source:
             return self._draft_unembedding[0]
         ids = self.draft_vocab.ids.to(weight.device)
