@@ -2,19 +2,25 @@
 
 A drafting step is a handful of few-row products (M = the tree's nodes at one depth) whose cost on a CPU is reading
 the weights: an EAGLE-style drafter with an 8,192-token draft vocabulary reads ~16 MB of bfloat16 weights per
-depth. With each weight row stored as int8 and one scale (symmetric, per output row), torch's weight-only int8
-product (``aten._weight_int8pack_mm``) reads half the bytes of bfloat16. Measured on the
-2-core AMD EPYC of our CI (2 threads, M = 4): the (576 -> 8,192) draft-vocabulary product 338 -> 158 us, the
-drafter's (576 -> 1,728) product 52 -> 31 us; drafting a tree of SmolLM2-135M's shipped head 5.1 -> 3.4 ms a step.
+depth. With each weight row stored as int8 and one scale (symmetric, per output row), an int8 product reads half
+the bytes of bfloat16. torch has two CPU kernels for it, and each layer uses the one that is faster for its shape
+on this machine (:func:`int8_kernel_times`, measured once per process and shape):
 
-The int8 kernel is fast only where torch vectorised it (bfloat16 on AVX-512 CPUs; float32 and float16 are 4-10x
-slower than their own products there), so ``auto`` measures both products once per process
+- ``weight_only`` (``aten._weight_int8pack_mm``): the input stays in its dtype, the weights are widened on the fly;
+  fast for small layers, slower as rows are added.
+- ``dynamic`` (fbgemm's ``quantized::linear_dynamic``): the input is quantised too (per tensor, 7-bit), the
+  product runs on 8-bit integers; several times faster for the draft-vocabulary product.
+
+Measured on the 2-core AMD EPYC of our CI (2 threads, M = 4, bfloat16): the (576 -> 8,192) draft-vocabulary product
+540 us in bfloat16, 340 weight-only, 123 dynamic; the (576 -> 576) product 68, 36 and 53 us. Both kernels are fast
+only where torch vectorised them (the weight-only kernel: bfloat16 on AVX-512 CPUs; float32 and float16 are 4-10x
+slower than their own products there), so ``auto`` compares the int8 products with the head's own once per process
 (:func:`int8_pays_off`) and drafts in int8 only where it wins.
 
 Verification never reads these weights: in ``speculative`` decoding the quantised head changes which tokens are
-proposed (rarely: the rounding is ~0.4% of a row's largest weight), never the output, and sampled outputs keep
-their distribution (acceptance uses the drafted distribution the int8 products gave). In ``draft`` modes the head's
-tokens are the output, so there the head keeps its own weights unless int8 is asked for.
+proposed (rarely: the rounding is ~0.4% of a row's largest weight, ~1% of the input's range), never the output, and
+sampled outputs keep their distribution (acceptance uses the drafted distribution the int8 products gave). In
+``draft`` modes the head's tokens are the output, so there the head keeps its own weights unless int8 is asked for.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import contextlib
 import copy
 import functools
 import time
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -38,7 +45,7 @@ _ALIGNMENT = 64  # bytes; a fresh CPU tensor is aligned so
 # torch 2.13's bfloat16 int8 kernel gives wrong sums or crashes unless the inner dimension is a multiple of 16
 # (float32 and float16 were right for every size we tried); other sizes take the expanded copy
 _FUSED_K_MULTIPLE = 16
-_CACHE = "_tjdnet_int8"  # (what the copy was made from, int8 weight (N, K), scales (N,))
+_CACHE = "_tjdnet_int8"  # the layer's _Int8Copy
 
 
 def int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,65 +83,135 @@ def resolve_draft_weights(draft_weights: str, gen_mode: str, head: nn.Module) ->
     return int8_pays_off(largest.dtype, *largest.shape, torch.get_num_threads())
 
 
-@functools.lru_cache
-def int8_pays_off(dtype: torch.dtype, outputs: int, inputs: int, threads: int, rows: int = 4) -> bool:
-    """Whether, on this CPU with ``threads`` threads, a (rows, inputs) x (inputs, outputs) product is at least 10%
-    faster through the int8 kernel than in ``dtype`` (measured once per process and shape: ~70 ms for the shipped
-    head's 8,192 x 576 draft-vocabulary product, most of it making the random weight and its int8 copy).
+INT8_KERNELS = ("weight_only", "dynamic")
+_DYNAMIC_ENGINES = ("x86", "fbgemm")  # torch's quantised engines with a per-row int8 dynamic product
 
-    torch's int8 kernel is fast only where it is vectorised: on an AVX-512-bf16 AMD EPYC bfloat16 takes half the
-    time of oneDNN's bfloat16 product, while float32 and float16 take 4-10x longer."""
-    if dtype not in _INT8_DTYPES or inputs % _FUSED_K_MULTIPLE:
-        return False
+
+def available_int8_kernels(dtype: torch.dtype, inputs: int, device: torch.device | str = "cpu") -> tuple[str, ...]:
+    """The fused int8 kernels that can compute a product of ``dtype`` inputs of size ``inputs`` on ``device``
+    (none: the expanded copy of the weight is used instead)."""
+    if torch.device(device).type != "cpu" or dtype not in _INT8_DTYPES:
+        return ()
+    kernels = []
+    if inputs % _FUSED_K_MULTIPLE == 0:
+        kernels.append("weight_only")
+    if torch.backends.quantized.engine in _DYNAMIC_ENGINES and hasattr(torch.ops.quantized, "linear_dynamic"):
+        kernels.append("dynamic")
+    return tuple(kernels)
+
+
+@functools.lru_cache
+def int8_kernel_times(dtype: torch.dtype, outputs: int, inputs: int, threads: int, rows: int = 4) -> dict[str, float]:
+    """Best seconds of a (rows, inputs) x (inputs, outputs) product on this CPU with ``threads`` threads: ``model``
+    (in ``dtype``, through oneDNN as generate computes the head's float products: tjdnet.kernels) and each of
+    :func:`available_int8_kernels` (measured once per process and shape: ~70 ms for the shipped head's 8,192 x 576
+    draft-vocabulary product, most of it making the random weight and its int8 copies)."""
     generator = torch.Generator().manual_seed(0)
     plain = nn.Linear(inputs, outputs, bias=False, dtype=dtype)
     with torch.no_grad():
         plain.weight.copy_(torch.randn(outputs, inputs, generator=generator))
-    use_onednn_linears(plain)  # as generate computes the head's float products (tjdnet.kernels)
-    quantised = copy.deepcopy(plain)
-    quantised.__class__ = Int8Linear
+    use_onednn_linears(plain)
     x = torch.randn(rows, inputs, generator=generator).to(dtype)
+    products = {"model": plain}
+    for kernel in available_int8_kernels(dtype, inputs):
+        products[kernel] = functools.partial(_int8_product, copy.deepcopy(plain), kernel)
+    times = {name: [] for name in products}
     with torch.inference_mode():
-        times = {layer: [] for layer in (plain, quantised)}
         for round_ in range(6):
-            for layer, spent in times.items():
+            for name, product in products.items():
                 start = time.perf_counter()
-                layer(x)
-                if round_ > 0:  # the first round warms up (and makes the int8 copy)
-                    spent.append(time.perf_counter() - start)
-    return min(times[quantised]) < 0.9 * min(times[plain])
+                product(x)
+                if round_ > 0:  # the first round warms up (and makes the int8 copies)
+                    times[name].append(time.perf_counter() - start)
+    return {name: min(spent) for name, spent in times.items()}
+
+
+def fastest_int8_kernel(dtype: torch.dtype, outputs: int, inputs: int, threads: int) -> str | None:
+    """The faster of :func:`available_int8_kernels` on CPU for this product shape (None where there is none)."""
+    if not available_int8_kernels(dtype, inputs):
+        return None
+    times = {k: t for k, t in int8_kernel_times(dtype, outputs, inputs, threads).items() if k != "model"}
+    return min(times, key=times.get) if times else None
+
+
+def int8_pays_off(dtype: torch.dtype, outputs: int, inputs: int, threads: int) -> bool:
+    """Whether, on this CPU with ``threads`` threads, a 4-row product of this shape is at least 10% faster through
+    its fastest int8 kernel than in ``dtype`` (:func:`int8_kernel_times`). On an AVX-512-bf16 AMD EPYC bfloat16's
+    draft-vocabulary product takes a quarter of oneDNN's time (dynamic); float32 and float16 vary by shape."""
+    kernel = fastest_int8_kernel(dtype, outputs, inputs, threads)
+    if kernel is None:
+        return False
+    times = int8_kernel_times(dtype, outputs, inputs, threads)
+    return times[kernel] < 0.9 * times["model"]
+
+
+def _int8_product(layer: nn.Linear, kernel: str, flat: torch.Tensor) -> torch.Tensor:
+    """(M, N) product of ``layer``'s int8 copy with rows ``flat`` (M, K) through a fused ``kernel``, no bias."""
+    copy_ = _int8_copy(layer)
+    if kernel == "dynamic":
+        if copy_.packed is None:
+            copy_.packed = torch.ops.quantized.linear_prepack(copy_.per_channel(), None)
+        return torch.ops.quantized.linear_dynamic(flat.float(), copy_.packed, True).to(flat.dtype)
+    flat = flat.contiguous()
+    if flat.data_ptr() % _ALIGNMENT:  # the kernel's vector loads crash on an input a view left unaligned
+        flat = flat.clone()
+    return torch.ops.aten._weight_int8pack_mm(flat, copy_.q, copy_.scales_as(flat.dtype))
+
+
+class _Int8Copy:
+    """A layer's int8 copy: q (N, K) int8, scales (N,) float32, made from the weight as ``source`` says
+    (:func:`tjdnet.kernels.weight_state`), with what the kernels derive from it made on first use."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.source = weight_state(weight)
+        self.q, self.scales = int8_rows(weight)
+        self.packed = None  # fbgemm's packed form, for the dynamic kernel
+        self._scales: dict[torch.dtype, torch.Tensor] = {}
+
+    def scales_as(self, dtype: torch.dtype) -> torch.Tensor:
+        if dtype not in self._scales:
+            self._scales[dtype] = self.scales.to(dtype)
+        return self._scales[dtype]
+
+    def per_channel(self) -> torch.Tensor:
+        """q as a per-row quantised tensor, with the scales the weight-only kernel would read (float32)."""
+        zeros = torch.zeros(len(self.scales), dtype=torch.long)
+        with warnings.catch_warnings():  # torch deprecates quantised tensors; 2.13 (pinned) still needs one here
+            warnings.filterwarnings("ignore", "torch.quantize_per_tensor", UserWarning)
+            return torch._make_per_channel_quantized_tensor(self.q, self.scales.double(), zeros, 0)
+
+
+def _int8_copy(layer: nn.Linear) -> _Int8Copy:
+    cached = getattr(layer, _CACHE, None)
+    if cached is None or cached.source != weight_state(layer.weight):
+        cached = _Int8Copy(layer.weight)
+        object.__setattr__(layer, _CACHE, cached)  # not a buffer: stays out of the state dict
+    return cached
 
 
 class Int8Linear(nn.Linear):
     """``nn.Linear`` (same parameters and state dict) whose products without autograd read an int8 copy of the
     weight, made on first use and again when the weight changes (values, dtype or device).
 
-    On CPU the product is torch's fused weight-only int8 kernel (for inner dimensions that are a multiple of 16);
-    elsewhere the copy is expanded to the input's dtype (the same numbers, without the speed)."""
+    On CPU the product runs through the faster fused int8 kernel for the layer's shape (:func:`fastest_int8_kernel`);
+    where there is none (another device, another dtype) the copy is expanded to the input's dtype (the same numbers
+    as ``weight_only``, without the speed)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype not in _INT8_DTYPES or (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)):
             return super().forward(x)
-        q, scales = self._int8()
         flat = x.reshape(-1, x.shape[-1])
-        if flat.device.type == "cpu" and flat.shape[0] > 0 and flat.shape[1] % _FUSED_K_MULTIPLE == 0:
-            flat = flat.contiguous()
-            if flat.data_ptr() % _ALIGNMENT:  # the kernel's vector loads crash on an input a view left unaligned
-                flat = flat.clone()
-            out = torch.ops.aten._weight_int8pack_mm(flat, q, scales.to(x.dtype))
+        kernel = None
+        if flat.shape[0] > 0 and x.device.type == "cpu":
+            kernel = fastest_int8_kernel(x.dtype, *self.weight.shape, torch.get_num_threads())
+        if kernel is not None:
+            out = _int8_product(self, kernel, flat)
         else:
-            out = nn.functional.linear(flat, (q.to(torch.float32) * scales[:, None]).to(x.dtype))
+            copy_ = _int8_copy(self)
+            out = nn.functional.linear(flat, (copy_.q.to(torch.float32) * copy_.scales[:, None]).to(x.dtype))
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out.reshape(*x.shape[:-1], out.shape[-1])
-
-    def _int8(self) -> tuple[torch.Tensor, torch.Tensor]:
-        source = weight_state(self.weight)
-        cached = getattr(self, _CACHE, None)
-        if cached is None or cached[0] != source:
-            cached = (source, *int8_rows(self.weight))
-            object.__setattr__(self, _CACHE, cached)  # not a buffer: stays out of the state dict
-        return cached[1], cached[2]
 
 
 def int8_layers(head: nn.Module) -> list[nn.Linear]:

@@ -12,12 +12,26 @@ from tjdnet.decoding import TREE_MODE, mode_arguments
 from tjdnet.kernels import OneDNNLinear
 from tjdnet.quantization import (
     Int8Linear,
+    available_int8_kernels,
+    fastest_int8_kernel,
     int8_drafting,
+    int8_kernel_times,
     int8_layers,
     int8_pays_off,
     int8_rows,
     resolve_draft_weights,
 )
+
+KERNELS = ["weight_only", "dynamic", None]  # None: the expanded copy
+
+
+def use_kernel(monkeypatch, kernel: str | None) -> None:
+    """Make every Int8Linear use ``kernel`` where it can compute the product (else the expanded copy)."""
+
+    def chosen(dtype, outputs, inputs, threads):
+        return kernel if kernel in available_int8_kernels(dtype, inputs) else None
+
+    monkeypatch.setattr(quantization, "fastest_int8_kernel", chosen)
 
 
 def test_int8_rows_is_within_half_a_step_of_each_weight():
@@ -35,24 +49,44 @@ def test_int8_rows_is_within_half_a_step_of_each_weight():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rows", [(1,), (5,), (2, 3)])
 @pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("inputs", [48, 40])  # the fused kernel; the expanded copy (not a multiple of 16)
-def test_int8_linear_is_the_product_with_the_rounded_weight(dtype, rows, bias, inputs):
+@pytest.mark.parametrize("inputs", [48, 40])  # the weight-only kernel needs a multiple of 16
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_int8_linear_is_the_product_with_the_rounded_weight(monkeypatch, dtype, rows, bias, inputs, kernel):
+    use_kernel(monkeypatch, kernel)
     torch.manual_seed(1)
     layer = nn.Linear(inputs, 24, bias=bias).to(dtype)
     shape = (*rows, inputs)
     x = torch.randn(shape).to(dtype)
     q, scales = int8_rows(layer.weight)
-    expected = x.double() @ (q.double() * scales.double()[:, None]).T
+    rounded = q.double() * scales.double()[:, None]
+    expected = x.double() @ rounded.T
     if bias:
         expected = expected + layer.bias.double()
+    tolerance = 1e-4 if dtype == torch.float32 else 3e-2
+    bound = tolerance * expected.abs().max().item()
+    if kernel == "dynamic" and kernel in available_int8_kernels(dtype, inputs):
+        # the input is quantised as well, per tensor to 7 bits: each element off by at most half a step
+        step = (x.double().max().clamp_min(0) - x.double().min().clamp_max(0)).item() / 127
+        bound += step / 2 * rounded.abs().sum(1).max().item()
     layer.__class__ = Int8Linear
     with torch.no_grad():
         out = layer(x)
     assert out.shape == (*shape[:-1], 24) and out.dtype == dtype
-    tolerance = 1e-4 if dtype == torch.float32 else 3e-2
-    assert torch.allclose(out.double(), expected, rtol=tolerance, atol=tolerance * expected.abs().max().item())
+    assert (out.double() - expected).abs().max() <= bound
     # and it is not the product with the float weight, which the int8 copy only approximates
     assert not torch.equal(out, nn.functional.linear(x, layer.weight, layer.bias))
+
+
+def test_the_fastest_kernel_is_measured_among_those_that_apply():
+    threads = torch.get_num_threads()
+    assert available_int8_kernels(torch.float64, 64) == ()
+    assert fastest_int8_kernel(torch.float64, 64, 64, threads) is None
+    assert available_int8_kernels(torch.bfloat16, 64, "meta") == ()
+    assert "weight_only" not in available_int8_kernels(torch.bfloat16, 40)  # 40 inputs: not a multiple of 16
+    kernels = available_int8_kernels(torch.bfloat16, 64)
+    times = int8_kernel_times(torch.bfloat16, 256, 64, threads)
+    assert set(times) == {"model", *kernels} and all(t > 0 for t in times.values())
+    assert fastest_int8_kernel(torch.bfloat16, 256, 64, threads) == (min(kernels, key=times.get) if kernels else None)
 
 
 def test_int8_linear_trains_with_its_float_weight_and_requantises_after_a_change():
@@ -112,9 +146,8 @@ def test_draft_weights_choice(monkeypatch, pays_off):
         )
 
 
-def test_int8_pays_off_is_a_measurement_only_where_the_kernel_applies():
+def test_int8_pays_off_is_a_measurement_only_where_a_kernel_applies():
     assert not int8_pays_off(torch.float64, 64, 64, torch.get_num_threads())  # no int8 kernel for float64
-    assert not int8_pays_off(torch.bfloat16, 64, 40, torch.get_num_threads())  # 40 inputs: the expanded copy
     assert isinstance(int8_pays_off(torch.bfloat16, 256, 64, torch.get_num_threads()), bool)
 
 
@@ -132,8 +165,10 @@ def counting_int8_products(monkeypatch) -> list[int]:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("tree_nodes", [0, 6])
-def test_speculative_decoding_drafts_with_int8_weights_and_stays_lossless(monkeypatch, dtype, tree_nodes):
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_speculative_decoding_drafts_with_int8_weights_and_stays_lossless(monkeypatch, dtype, tree_nodes, kernel):
     monkeypatch.setattr(quantization, "int8_pays_off", lambda *args: True)  # auto: as on a CPU where int8 wins
+    use_kernel(monkeypatch, kernel)
     model = build("llama", "eagle", 4, perturb=0.05).to(dtype)
     model.head.set_draft_vocab(list(range(0, TINY_VOCAB, 2)))
     prompts = torch.tensor([[5, 17, 33, 8], [9, 4, 21, 30]])
@@ -163,8 +198,10 @@ def test_draft_mode_keeps_the_heads_weights_unless_int8_is_asked_for(monkeypatch
 
 
 @pytest.mark.parametrize("offset", [1, 2, 8])
-def test_int8_linear_reads_inputs_that_a_view_left_unaligned(offset):
-    # torch's bfloat16 int8 kernel crashes on an input starting a few elements into its storage
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_int8_linear_reads_inputs_that_a_view_left_unaligned(monkeypatch, offset, kernel):
+    # torch's bfloat16 weight-only int8 kernel crashes on an input starting a few elements into its storage
+    use_kernel(monkeypatch, kernel)
     torch.manual_seed(3)
     layer = nn.Linear(32, 32, bias=False).to(torch.bfloat16)
     x = torch.randn(4 * 32 + offset).to(torch.bfloat16)[offset:].view(4, 32)

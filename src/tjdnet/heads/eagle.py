@@ -89,16 +89,16 @@ class EagleHead(JointHead):
         """The drafter state after observing ``tokens`` (B, ...) at block position k (0-based); ``window``: the
         :meth:`window_keys` of the rows' context windows.
 
-        A state (B, ..., (j + 2) D) packs the current feature f_j, the context c and the layer inputs u_1..u_j of
-        the block.
+        A state (B, ..., (2j + 2) D) packs the current feature f_j, the context c and the attention keys and values
+        of the layer inputs u_1..u_j of the block (each input is projected once, when it is observed).
         """
         d = self.config.hidden_size
         dtype = self.fuse.weight.dtype
-        f, context, inputs = message[..., :d].to(dtype), message[..., d : 2 * d], message[..., 2 * d :].to(dtype)
+        f, context, cache = message[..., :d].to(dtype), message[..., d : 2 * d], message[..., 2 * d :].to(dtype)
         u = self.layer_input(f, tokens, context) + self.position[k]
-        inputs = torch.cat([inputs, u], dim=-1)
-        qkv = self.qkv(rms_norm(inputs.unflatten(-1, (-1, d)))).unflatten(-1, (3, self.heads, -1))
-        q, keys, values = qkv[..., -1, 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]  # (..., [j + 1,] heads, hd)
+        q, key, value = self.qkv(rms_norm(u)).unflatten(-1, (3, self.heads, -1)).unbind(-3)  # (..., heads, hd)
+        cache = torch.cat([cache, key.flatten(-2), value.flatten(-2)], dim=-1)
+        keys, values = cache.unflatten(-1, (-1, 2, self.heads, q.shape[-1])).unbind(-3)  # (..., j + 1, heads, hd)
         scores = torch.einsum("...hc,...jhc->...hj", q, keys) / math.sqrt(q.shape[-1])
         if window is not None:
             keys_w, values_w, valid = (_over_nodes(x, q) for x in window)
@@ -108,7 +108,7 @@ class EagleHead(JointHead):
         mixed = torch.einsum("...hj,...jhc->...hc", scores.float().softmax(-1).to(dtype), values)
         a = u + self.attn_out(mixed.flatten(-2))
         m = a + self.mlp_out(torch.nn.functional.silu(self.mlp_in(rms_norm(a))))
-        return torch.cat([f + self.out(m), context, inputs], dim=-1)
+        return torch.cat([f + self.out(m), context, cache], dim=-1)
 
     def initial_state(self, h: torch.Tensor) -> torch.Tensor:
         """(B, 2D) the state before the block, [f_0; c], from the head's input h (B, (1 + n) D)."""
@@ -239,7 +239,7 @@ def _over_nodes(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 class DrafterBlock(SequentialDraft):
     """An :class:`EagleHead`'s distribution of the next ``horizon`` tokens after h (B, D), drafted step by step.
 
-    Messages are drafter states (B, ..., (j + 2) D) (:meth:`EagleHead.step`); conditionals are over the draft
+    Messages are drafter states (B, ..., (2j + 2) D) (:meth:`EagleHead.step`); conditionals are over the draft
     vocabulary when ``vocab`` is set.
     """
 
