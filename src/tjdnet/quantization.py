@@ -26,7 +26,6 @@ sampled outputs keep their distribution (acceptance uses the drafted distributio
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import time
 import warnings
@@ -113,8 +112,8 @@ def int8_kernel_times(dtype: torch.dtype, outputs: int, inputs: int, threads: in
     use_onednn_linears(plain)
     x = torch.randn(rows, inputs, generator=generator).to(dtype)
     products = {"model": plain}
-    for kernel in available_int8_kernels(dtype, inputs):
-        products[kernel] = functools.partial(_int8_product, copy.deepcopy(plain), kernel)
+    for kernel in available_int8_kernels(dtype, inputs):  # the kernels share the layer's one int8 copy
+        products[kernel] = functools.partial(_int8_product, plain, kernel)
     times = {name: [] for name in products}
     with torch.inference_mode():
         for round_ in range(6):
@@ -126,6 +125,7 @@ def int8_kernel_times(dtype: torch.dtype, outputs: int, inputs: int, threads: in
     return {name: min(spent) for name, spent in times.items()}
 
 
+@functools.lru_cache  # asked on every int8 product: one look-up
 def fastest_int8_kernel(dtype: torch.dtype, outputs: int, inputs: int, threads: int) -> str | None:
     """The faster of :func:`available_int8_kernels` on CPU for this product shape (None where there is none)."""
     if not available_int8_kernels(dtype, inputs):
@@ -167,11 +167,18 @@ class _Int8Copy:
         self.q, self.scales = int8_rows(weight)
         self.packed = None  # fbgemm's packed form, for the dynamic kernel
         self._scales: dict[torch.dtype, torch.Tensor] = {}
+        self._expanded: dict[torch.dtype, torch.Tensor] = {}
 
     def scales_as(self, dtype: torch.dtype) -> torch.Tensor:
         if dtype not in self._scales:
             self._scales[dtype] = self.scales.to(dtype)
         return self._scales[dtype]
+
+    def expanded_as(self, dtype: torch.dtype) -> torch.Tensor:
+        """(N, K) the rounded weight q * scales in ``dtype``, for products no fused kernel computes."""
+        if dtype not in self._expanded:
+            self._expanded[dtype] = (self.q.to(torch.float32) * self.scales[:, None]).to(dtype)
+        return self._expanded[dtype]
 
     def per_channel(self) -> torch.Tensor:
         """q as a per-row quantised tensor, with the scales the weight-only kernel would read (float32)."""
@@ -207,8 +214,7 @@ class Int8Linear(nn.Linear):
         if kernel is not None:
             out = _int8_product(self, kernel, flat)
         else:
-            copy_ = _int8_copy(self)
-            out = nn.functional.linear(flat, (copy_.q.to(torch.float32) * copy_.scales[:, None]).to(x.dtype))
+            out = nn.functional.linear(flat, _int8_copy(self).expanded_as(x.dtype))
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out.reshape(*x.shape[:-1], out.shape[-1])
