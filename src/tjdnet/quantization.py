@@ -99,12 +99,17 @@ def available_int8_kernels(dtype: torch.dtype, inputs: int, device: torch.device
     return tuple(kernels)
 
 
-@functools.lru_cache
 def int8_kernel_times(dtype: torch.dtype, outputs: int, inputs: int, threads: int, rows: int = 4) -> dict[str, float]:
     """Best seconds of a (rows, inputs) x (inputs, outputs) product on this CPU with ``threads`` threads: ``model``
     (in ``dtype``, through oneDNN as generate computes the head's float products: tjdnet.kernels) and each of
     :func:`available_int8_kernels` (measured once per process and shape: ~0.3 s in all for the shipped head's six
-    shapes, most of it the 8,192 x 576 draft-vocabulary product's random weight and int8 copies)."""
+    shapes, most of it the 8,192 x 576 draft-vocabulary product's random weight and int8 copies; measured again
+    under another quantised engine, ``torch.backends.quantized.engine``, which decides the dynamic kernel)."""
+    return _kernel_times(dtype, outputs, inputs, threads, rows, torch.backends.quantized.engine)
+
+
+@functools.lru_cache
+def _kernel_times(dtype: torch.dtype, outputs: int, inputs: int, threads: int, rows: int, engine: str) -> dict:
     generator = torch.Generator().manual_seed(0)
     plain = nn.Linear(inputs, outputs, bias=False, dtype=dtype)
     with torch.no_grad():
@@ -125,9 +130,13 @@ def int8_kernel_times(dtype: torch.dtype, outputs: int, inputs: int, threads: in
     return {name: min(spent) for name, spent in times.items()}
 
 
-@functools.lru_cache  # asked on every int8 product: one look-up
 def fastest_int8_kernel(dtype: torch.dtype, outputs: int, inputs: int, threads: int) -> str | None:
     """The faster of :func:`available_int8_kernels` on CPU for this product shape (None where there is none)."""
+    return _fastest_kernel(dtype, outputs, inputs, threads, torch.backends.quantized.engine)
+
+
+@functools.lru_cache  # asked on every int8 product: one look-up
+def _fastest_kernel(dtype: torch.dtype, outputs: int, inputs: int, threads: int, engine: str) -> str | None:
     if not available_int8_kernels(dtype, inputs):
         return None
     times = {k: t for k, t in int8_kernel_times(dtype, outputs, inputs, threads).items() if k != "model"}

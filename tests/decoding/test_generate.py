@@ -187,6 +187,9 @@ def test_draft_time_is_the_time_spent_in_the_head(gen_mode, tree_nodes, monkeypa
     stats = model.generate(ids, mask, gen_mode=gen_mode, max_new_tokens=12, tree_nodes=tree_nodes).stats
     assert len(calls) > 0 or gen_mode == "ar"
     assert 0.005 * len(calls) <= stats.draft_time_s < stats.decode_time_s
+    assert stats.draft_blocks == len(calls)  # one head call per block here (the head reads no token first)
+    if gen_mode == "draft":  # a last block that no pass follows
+        assert stats.draft_blocks == stats.decode_steps + 1
 
 
 @pytest.mark.parametrize("token_conditioned", [False, True])

@@ -89,6 +89,19 @@ def test_the_fastest_kernel_is_measured_among_those_that_apply():
     assert fastest_int8_kernel(torch.bfloat16, 256, 64, threads) == (min(kernels, key=times.get) if kernels else None)
 
 
+@pytest.mark.skipif("qnnpack" not in torch.backends.quantized.supported_engines, reason="needs torch's qnnpack")
+def test_another_quantised_engine_is_measured_again():
+    threads, engine = torch.get_num_threads(), torch.backends.quantized.engine
+    before = int8_kernel_times(torch.bfloat16, 256, 64, threads)
+    try:
+        torch.backends.quantized.engine = "qnnpack"  # no dynamic product of ours under it
+        assert set(int8_kernel_times(torch.bfloat16, 256, 64, threads)) == {"model", "weight_only"}
+        assert fastest_int8_kernel(torch.bfloat16, 256, 64, threads) == "weight_only"
+    finally:
+        torch.backends.quantized.engine = engine
+    assert int8_kernel_times(torch.bfloat16, 256, 64, threads) == before  # the first engine's timings, cached
+
+
 def test_int8_linear_trains_with_its_float_weight_and_requantises_after_a_change():
     torch.manual_seed(2)
     layer = nn.Linear(16, 8, bias=False)

@@ -493,6 +493,7 @@ def _speculative_loop(
         n_accepted, pending, hidden = step.n_accepted, step.pending, step.hidden
         stats.decode_steps += 1
         stats.draft_time_s += step.draft_s
+        stats.draft_blocks += k > 0  # a step with nothing left to draft (ar, a row's last token) drafts no block
         for a, r in enumerate(rows.index.tolist()):
             n = int(n_accepted[a])
             taken = out.commit(r, step.accepted[a, :n].tolist())
@@ -593,6 +594,7 @@ def _draft_loop(model, rows, hidden, config, horizon, out, stats, forward, gener
         start = time.perf_counter()
         tokens = _draft_block(model.head, hidden, k, config, generator, window)
         stats.draft_time_s += time.perf_counter() - start
+        stats.draft_blocks += 1
         for a, r in enumerate(rows.index.tolist()):
             stats.rows[r].new_tokens += out.commit(r, tokens[a].tolist())
         keep = torch.tensor([not out.finished[r] for r in rows.index.tolist()], device=hidden.device)

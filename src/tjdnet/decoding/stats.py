@@ -38,6 +38,8 @@ class GenerationStats:
         decode_steps: steps after the prefill (one backbone pass each, two with ``verify_with_base``).
         draft_time_s: the part of the decoding time spent drafting: the head's block distribution and the chain
             or tree drawn from it (0 for ``ar``).
+        draft_blocks: blocks the head drafted: one per speculative step; in ``draft`` mode one per step and the
+            last block, which no backbone pass follows.
         reached / accepted_at: per draft position i, how many drafted tokens were examined (every
             earlier one accepted) and how many of those were accepted.
     """
@@ -50,6 +52,7 @@ class GenerationStats:
     prefill_time_s: float = 0.0
     decode_time_s: float = 0.0
     draft_time_s: float = 0.0
+    draft_blocks: int = 0
     reached: list[int] = field(default_factory=list)
     accepted_at: list[int] = field(default_factory=list)
 

@@ -44,6 +44,7 @@ class ModeResult:
     decode_time_s: float = 0.0
     decode_steps: int = 0
     draft_time_s: float = 0.0
+    draft_blocks: int = 0
     reached: list[int] = field(default_factory=list)
     accepted_at: list[int] = field(default_factory=list)
     histogram: list[int] = field(default_factory=list)
@@ -62,6 +63,7 @@ class ModeResult:
         self.decode_time_s += stats.decode_time_s
         self.decode_steps += stats.decode_steps
         self.draft_time_s += stats.draft_time_s
+        self.draft_blocks += stats.draft_blocks
         self.reached = _add_lists(self.reached, stats.reached)
         self.accepted_at = _add_lists(self.accepted_at, stats.accepted_at)
         self.histogram = _add_lists(self.histogram, stats.accepted_length_histogram)
@@ -208,7 +210,7 @@ def summarise(runs: list[dict[str, ModeResult]], num_prompts: int) -> dict[str, 
         decode = [r[mode].decode_time_s for r in runs]
         total = [p + d for p, d in zip(prefill, decode, strict=True)]
         drafted = result.drafted > 0
-        steps, drafting = result.decode_steps, [r[mode].draft_time_s for r in runs]
+        steps, blocks, drafting = result.decode_steps, result.draft_blocks, [r[mode].draft_time_s for r in runs]
         out[mode] = {
             "gen_mode": mode,
             "new_tokens": result.new_tokens,
@@ -224,7 +226,7 @@ def summarise(runs: list[dict[str, ModeResult]], num_prompts: int) -> dict[str, 
             "tokens_per_s": _ratio(result.new_tokens, statistics.median(total)),
             "decode_tokens_per_s": _ratio(result.new_tokens - num_prompts, statistics.median(decode)),
             "decode_ms_per_step": 1000 * statistics.median(decode) / steps if steps else None,
-            "draft_ms_per_step": 1000 * statistics.median(drafting) / steps if steps and any(drafting) else None,
+            "draft_ms_per_step": 1000 * statistics.median(drafting) / blocks if blocks and any(drafting) else None,
             "accuracy": result.correct / result.scored if result.scored else None,
             "scored": result.scored,
         }
