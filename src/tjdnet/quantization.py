@@ -8,9 +8,8 @@ on this machine (:func:`int8_kernel_times`, measured once per process and shape)
 
 - ``weight_only`` (``aten._weight_int8pack_mm``): the input stays in its dtype, the weights are widened on the fly;
   fast for small layers, slower as rows are added.
-- ``dynamic`` (fbgemm's ``quantized::linear_dynamic``): the input is quantised too (per tensor, to 8 bits where
-  this CPU sums 8-bit products without saturating, :func:`full_range_inputs_exact`, else to 7), the product runs
-  on 8-bit integers; several times faster for the draft-vocabulary product.
+- ``dynamic`` (fbgemm's ``quantized::linear_dynamic``): the input is quantised too (per tensor, 7-bit), the
+  product runs on 8-bit integers; several times faster for the draft-vocabulary product.
 
 Measured on the 2-core AMD EPYC of our CI (2 threads, M = 4, bfloat16): the (576 -> 8,192) draft-vocabulary product
 540 us in bfloat16, 340 weight-only, 123 dynamic; the (576 -> 576) product 68, 36 and 53 us. Both kernels are fast
@@ -155,32 +154,13 @@ def int8_pays_off(dtype: torch.dtype, outputs: int, inputs: int, threads: int) -
     return times[kernel] < 0.9 * times["model"]
 
 
-@functools.lru_cache
-def full_range_inputs_exact() -> bool:
-    """Whether fbgemm's dynamic product is exact with inputs quantised to all 8 bits, on this CPU and engine.
-
-    Without VNNI the kernel adds pairs of 8-bit products in 16 bits, which saturate when the input uses its full
-    range (255 * 127 * 2 > 32,767): hence torch's ``reduce_range`` (7-bit inputs). VNNI sums into 32 bits. Probed
-    once, not read off the CPU flags: a product whose exact result the saturating sum would get wrong.
-    """
-    if "dynamic" not in available_int8_kernels(torch.float32, 64):
-        return False
-    weight = torch.full((8, 64), 127.0)
-    weight[1::2] = -127.0
-    x = torch.zeros(2, 64)
-    x[0] = 255.0  # input scale 1, zero point 0: quantised exactly
-    packed = torch.ops.quantized.linear_prepack(_Int8Copy(weight).per_channel(), None)  # scales 1: exact
-    return torch.equal(torch.ops.quantized.linear_dynamic(x, packed, False), x @ weight.T)
-
-
 def _int8_product(layer: nn.Linear, kernel: str, flat: torch.Tensor) -> torch.Tensor:
     """(M, N) product of ``layer``'s int8 copy with rows ``flat`` (M, K) through a fused ``kernel``, no bias."""
     copy_ = _int8_copy(layer)
     if kernel == "dynamic":
         if copy_.packed is None:
             copy_.packed = torch.ops.quantized.linear_prepack(copy_.per_channel(), None)
-        reduce_range = not full_range_inputs_exact()
-        return torch.ops.quantized.linear_dynamic(flat.float(), copy_.packed, reduce_range).to(flat.dtype)
+        return torch.ops.quantized.linear_dynamic(flat.float(), copy_.packed, True).to(flat.dtype)
     flat = flat.contiguous()
     if flat.data_ptr() % _ALIGNMENT:  # the kernel's vector loads crash on an input a view left unaligned
         flat = flat.clone()
