@@ -30,18 +30,21 @@ main: venv
 seed-check: venv
 	$(OFFLINE) $(BIN)/tjdnet fit --config configs/seed_check.yaml
 
-# ---- the shipped head (pretrained/): self-distilled GSM8K + chat data and GSM8K's written answers labelled with the
-# backbone's own next tokens, then an eagle drafter on them (~93 min alone on 2 cores: distill 33, features 33,
-# fit ~27) ----
+# ---- the shipped head (pretrained/): self-distilled GSM8K + chat data (twice: a second seed writes 3,072 more chat
+# prompts and answers) and GSM8K's written answers labelled with the backbone's own next tokens, then an eagle
+# drafter on them (84 min alone on a 2-core AMD EPYC of 2026-12-06: distill 22 + 20 min, features 22, fit 20) ----
 # (the drafter also reads decoder layers 10 and 20 of the backbone, EAGLE-3's fused features, and is trained with
 # EAGLE-1's feature loss, in mixed precision: docs/heads.md)
 DATA ?= ../shared/data
 DISTILLED := experiments/distilled/smollm2-135m-gsm8k-chat.jsonl
+DISTILLED_CHAT := experiments/distilled/smollm2-135m-chat-seed1.jsonl
 pretrained: venv
 	$(OFFLINE) $(BIN)/tjdnet distill --out $(DISTILLED) --source gsm8k --path $(DATA)/gsm8k --num_questions 1024 \
 		--chat_prompts 1024 --opener_prompts 1024 --max_new_tokens 128 --batch_size 32 --dtype bfloat16
-	$(OFFLINE) $(BIN)/tjdnet fit-heads --data $(DISTILLED),gsm8k=$(DATA)/gsm8k --targets model --feature_loss 1 \
-		--heads eagle:1:5:w1024:lr1e-3:f10/20 --steps 7200 --batch_positions 256 --draft_vocab 8192 \
+	$(OFFLINE) $(BIN)/tjdnet distill --out $(DISTILLED_CHAT) --source none --chat_prompts 1536 --opener_prompts 1536 \
+		--max_new_tokens 128 --batch_size 32 --dtype bfloat16 --seed 1
+	$(OFFLINE) $(BIN)/tjdnet fit-heads --data $(DISTILLED),$(DISTILLED_CHAT),gsm8k=$(DATA)/gsm8k --targets model \
+		--feature_loss 1 --heads eagle:1:5:w1024:lr1e-3:f10/20 --steps 9600 --batch_positions 256 --draft_vocab 8192 \
 		--compute_dtype bfloat16 --out_dir pretrained --prefix smollm2-135m-
 
 lint: venv
