@@ -83,6 +83,7 @@ def resolve_draft_weights(draft_weights: str, gen_mode: str, head: nn.Module) ->
 
 
 INT8_KERNELS = ("weight_only", "dynamic")
+TIMED_ROWS = 4  # rows of the products the kernels are timed with: a depth of the shipped head's trees
 _DYNAMIC_ENGINES = ("x86", "fbgemm")  # torch's quantised engines with a per-row int8 dynamic product
 
 
@@ -99,7 +100,9 @@ def available_int8_kernels(dtype: torch.dtype, inputs: int, device: torch.device
     return tuple(kernels)
 
 
-def int8_kernel_times(dtype: torch.dtype, outputs: int, inputs: int, threads: int, rows: int = 4) -> dict[str, float]:
+def int8_kernel_times(
+    dtype: torch.dtype, outputs: int, inputs: int, threads: int, rows: int = TIMED_ROWS
+) -> dict[str, float]:
     """Best seconds of a (rows, inputs) x (inputs, outputs) product on this CPU with ``threads`` threads: ``model``
     (in ``dtype``, through oneDNN as generate computes the head's float products: tjdnet.kernels) and each of
     :func:`available_int8_kernels` (measured once per process and shape: ~0.3 s in all for the shipped head's six
@@ -139,8 +142,9 @@ def fastest_int8_kernel(dtype: torch.dtype, outputs: int, inputs: int, threads: 
 def _fastest_kernel(dtype: torch.dtype, outputs: int, inputs: int, threads: int, engine: str) -> str | None:
     if not available_int8_kernels(dtype, inputs):
         return None
-    times = {k: t for k, t in int8_kernel_times(dtype, outputs, inputs, threads).items() if k != "model"}
-    return min(times, key=times.get) if times else None
+    times = _kernel_times(dtype, outputs, inputs, threads, TIMED_ROWS, engine)
+    kernels = [k for k in times if k != "model"]
+    return min(kernels, key=times.get) if kernels else None
 
 
 def int8_pays_off(dtype: torch.dtype, outputs: int, inputs: int, threads: int) -> bool:
