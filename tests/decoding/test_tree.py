@@ -2,6 +2,7 @@
 cache keeps exactly the accepted path."""
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from test_generate import EOS, build, fit_on_own_continuations, ragged_prompts
 from tiny_models import TINY_VOCAB
 from transformers import DynamicCache
 
+from tjdnet.decoding import tree as tree_module
 from tjdnet.decoding.acceptance import greedy_accept_tree
 from tjdnet.decoding.generate import _Rows
 from tjdnet.decoding.tree import DraftTree, build_draft_tree
@@ -27,6 +29,11 @@ def test_greedy_tree_speculative_equals_ar(kind, head, batch):
     assert tree.new_tokens == ar.new_tokens
     assert torch.equal(tree.sequences, ar.sequences)
     assert tree.stats.tau >= 1.0
+    for temperature in (0.5, 2.0):  # only which nodes are drafted changes
+        tempered = model.generate(
+            ids, mask, gen_mode="speculative", tree_nodes=6, tree_temperature=temperature, **kwargs
+        )
+        assert tempered.new_tokens == ar.new_tokens
 
 
 @pytest.mark.parametrize("head", ["cp", "mps"])
@@ -89,6 +96,89 @@ def test_draft_tree_holds_the_most_probable_prefixes(head):
     assert paths(tree) == best  # best first, parents before children
     assert tree.depths[0].tolist() == [len(p) for p in best]
     assert all(p < i + 1 for i, p in enumerate(tree.parents[0].tolist()))
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+def test_tempered_tree_holds_the_most_probable_prefixes_under_the_softened_conditionals(temperature):
+    model = build("llama", "mps", 3, rank=3, perturb=0.5)
+    h = torch.randn(1, model.head.config.hidden_size)
+    with torch.no_grad():
+        block = model.head(h)
+        tree = build_draft_tree(block, torch.tensor([7]), depth=2, nodes=10, topk=10, temperature=temperature)
+        scores = brute_force_prefix_scores(block, 7, 2)
+    # q_T(y_2) q_T(y_3 | y_2), each conditional softened to q^(1/T) and renormalised
+    firsts = torch.tensor([scores[(a,)] for a in range(TINY_VOCAB)])
+    tempered_first = (firsts / temperature).log_softmax(0)
+    tempered = {(a,): float(tempered_first[a]) for a in range(TINY_VOCAB)}
+    for a in range(TINY_VOCAB):
+        seconds = torch.tensor([scores[(a, b)] - scores[(a,)] for b in range(TINY_VOCAB)])
+        for b, v in enumerate((seconds / temperature).log_softmax(0).tolist()):
+            tempered[(a, b)] = tempered[(a,)] + v
+    best = sorted(tempered, key=tempered.get, reverse=True)[:10]
+    assert paths(tree) == best
+    torch.testing.assert_close(tree.log_q[0], torch.tensor([tempered[p] for p in best]), atol=1e-4, rtol=0)
+
+
+class CountingBlock:
+    """A block that counts the drafter steps (``observe``) a tree costs."""
+
+    def __init__(self, block) -> None:
+        self.block, self.observed = block, 0
+
+    def observe(self, message, k, tokens):
+        self.observed += 1
+        return self.block.observe(message, k, tokens)
+
+    def __getattr__(self, name):
+        return getattr(self.block, name)
+
+
+@pytest.mark.parametrize(
+    "head,temperature,stops",
+    [("mps", 3.0, True), ("mps", 1.0, True), ("mps", 0.3, False), ("eagle", 1.0, False), ("eagle", 3.0, False)],
+)  # flat conditionals leave deep prefixes no room sooner
+def test_tree_drafting_stops_early_with_the_same_tree(monkeypatch, head, temperature, stops):
+    model = build("llama", head, 5, rank=2, perturb=1.0)
+    h = torch.randn(24, model.head.config.hidden_size)
+    root = torch.randint(0, TINY_VOCAB, (24,))
+    args = dict(depth=4, nodes=6, topk=3, temperature=temperature)
+
+    def trees() -> tuple[list[DraftTree], list[int]]:
+        blocks = [CountingBlock(model.head(h[i : i + 1], first=root[i : i + 1])) for i in range(len(h))]
+        return [build_draft_tree(b, root[i : i + 1], **args) for i, b in enumerate(blocks)], [
+            b.observed for b in blocks
+        ]
+
+    with torch.no_grad():
+        early, steps = trees()
+        monkeypatch.setattr(tree_module, "_nth_best", lambda scores, n: torch.full_like(scores[0][:, 0], -torch.inf))
+        full, full_steps = trees()
+    for a, b in zip(early, full, strict=True):
+        assert paths(a) == paths(b) and torch.equal(a.log_q, b.log_q)
+    assert set(full_steps) == {4}  # the root and depths 1-3
+    assert (min(steps) < 4) == stops
+
+
+def test_a_flat_head_drafts_one_depth_only():
+    class Flat:
+        """Every token equally likely at every position: the tree is the first ``nodes`` tokens at depth 1."""
+
+        def start(self):
+            return torch.zeros(1, 1)
+
+        def observe(self, message, k, tokens):
+            self.observed = getattr(self, "observed", 0) + 1
+            return message.expand(*tokens.shape, 1) if tokens.dim() > 1 else message
+
+        def conditional(self, message, k):
+            return torch.full((*message.shape[:-1], 10), -math.log(10))
+
+        def token_ids(self, index):
+            return index
+
+    block = Flat()
+    tree = build_draft_tree(block, torch.tensor([3]), depth=4, nodes=6, topk=2)
+    assert tree.depths.tolist() == [[1] * 6] and block.observed == 1  # the root only: depth 2 could add nothing
 
 
 def test_narrow_beam_tree_is_closed_under_parents_with_distinct_children():
@@ -173,6 +263,9 @@ def test_kv_cache_after_a_tree_step_holds_only_the_accepted_path(kind, path, kep
     [
         (dict(gen_mode="speculative", tree_nodes=-1), "tree_nodes=-1"),
         (dict(gen_mode="speculative", tree_nodes=4, tree_topk=0), "tree_topk=0"),
+        (dict(gen_mode="speculative", tree_nodes=4, tree_temperature=0.0), "tree_temperature=0.0 is not allowed"),
+        (dict(gen_mode="speculative", tree_nodes=4, tree_temperature=float("nan")), "tree_temperature=nan"),
+        (dict(gen_mode="speculative", tree_nodes=4, tree_temperature="hot"), "use a number > 0"),
         (dict(gen_mode="ar", tree_nodes=4), "gen_mode='speculative' only"),
         (dict(gen_mode="speculative", tree_nodes=4, do_sample=True), "verifies greedily"),
     ],

@@ -16,7 +16,14 @@ from jsonargparse import ArgumentParser
 from tjdnet.attention import ATTENTION_CHOICES
 from tjdnet.checkpoints import load_trained
 from tjdnet.checks import check_choice, check_int
-from tjdnet.decoding import DEFAULT_TREE_MAX_NODES, DEFAULT_TREE_NODES, DEFAULT_TREE_TOPK, mode_arguments
+from tjdnet.decoding import (
+    DEFAULT_TREE_MAX_NODES,
+    DEFAULT_TREE_NODES,
+    DEFAULT_TREE_TEMPERATURE,
+    DEFAULT_TREE_TOPK,
+    mode_arguments,
+)
+from tjdnet.decoding.tree import check_tree_temperature
 from tjdnet.devices import resolve_device
 from tjdnet.files import keep_previous, write_json
 from tjdnet.loading import DTYPES
@@ -34,6 +41,8 @@ class DecodingOptions:
         horizon: block length (default: the head's).
         tree_nodes: draft tree size of ``speculative_tree``.
         tree_topk: prefixes expanded per tree depth.
+        tree_temperature: T > 0: trees keep the most probable prefixes under the head's conditionals softened to
+            q^(1/T) (T > 1: more alternatives near the root); the output is the same.
         tree_max_nodes: largest draft tree of ``speculative_tree_auto``, which verifies, each step, as many of its
             nodes as maximise expected tokens per second on this machine.
         attention: ``exact`` (lossless in 16-bit floats), ``model`` (the model's own kernel) or ``auto`` (exact
@@ -50,6 +59,7 @@ class DecodingOptions:
     horizon: int | None = None
     tree_nodes: int = DEFAULT_TREE_NODES
     tree_topk: int = DEFAULT_TREE_TOPK
+    tree_temperature: float = DEFAULT_TREE_TEMPERATURE
     tree_max_nodes: int = DEFAULT_TREE_MAX_NODES
     attention: str = "auto"
     draft_weights: str = "auto"
@@ -72,6 +82,7 @@ class DecodingOptions:
             check_choice("dtype", self.dtype, DTYPES)
         check_choice("attention", self.attention, ATTENTION_CHOICES)
         check_draft_weights(self.draft_weights)
+        check_tree_temperature(self.tree_temperature)
 
     def apply_threads(self) -> None:
         if self.num_threads is not None:
@@ -80,7 +91,13 @@ class DecodingOptions:
     def generate_kwargs(self, mode: str) -> dict[str, Any]:
         """``TJDModel.generate`` keyword arguments of a named mode (see :func:`tjdnet.decoding.mode_arguments`)."""
         kwargs = mode_arguments(
-            mode, self.tree_nodes, self.tree_topk, self.attention, self.tree_max_nodes, self.draft_weights
+            mode,
+            self.tree_nodes,
+            self.tree_topk,
+            self.attention,
+            self.tree_max_nodes,
+            self.draft_weights,
+            self.tree_temperature,
         )
         return {**kwargs, "horizon": self.horizon, "max_new_tokens": self.max_new_tokens}
 

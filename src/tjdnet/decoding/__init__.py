@@ -11,12 +11,13 @@ from tjdnet.decoding.generate import (
     mode_arguments,
 )
 from tjdnet.decoding.stats import GenerationStats, RowStats
-from tjdnet.decoding.tree import DEFAULT_TREE_NODES, DEFAULT_TREE_TOPK
+from tjdnet.decoding.tree import DEFAULT_TREE_NODES, DEFAULT_TREE_TEMPERATURE, DEFAULT_TREE_TOPK
 
 __all__ = [
     "AUTO_TREE_MODE",
     "DEFAULT_TREE_MAX_NODES",
     "DEFAULT_TREE_NODES",
+    "DEFAULT_TREE_TEMPERATURE",
     "DEFAULT_TREE_TOPK",
     "GEN_MODES",
     "NAMED_MODES",

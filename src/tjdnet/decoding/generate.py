@@ -18,7 +18,15 @@ from transformers import DynamicCache
 from tjdnet.attention import exact_attention_in, resolve_attention
 from tjdnet.decoding.acceptance import greedy_accept, greedy_accept_tree, speculative_accept
 from tjdnet.decoding.stats import GenerationStats, RowStats
-from tjdnet.decoding.tree import DEFAULT_TREE_NODES, DEFAULT_TREE_TOPK, DraftTree, build_draft_tree, tree_attention_mask
+from tjdnet.decoding.tree import (
+    DEFAULT_TREE_NODES,
+    DEFAULT_TREE_TEMPERATURE,
+    DEFAULT_TREE_TOPK,
+    DraftTree,
+    build_draft_tree,
+    check_tree_temperature,
+    tree_attention_mask,
+)
 from tjdnet.decoding.tree_size import PassCost, TreeSizer, check_tree_size, cost_key, measure_pass_cost
 from tjdnet.heads.window import Window
 from tjdnet.kernels import cpu_kernels
@@ -39,15 +47,17 @@ def mode_arguments(
     attention: str = "auto",
     tree_max_nodes: int = DEFAULT_TREE_MAX_NODES,
     draft_weights: str = "auto",
+    tree_temperature: float = DEFAULT_TREE_TEMPERATURE,
 ) -> dict:
     """:func:`generate` keyword arguments of a named mode: a ``gen_mode``, ``speculative_tree`` (``speculative``
     verifying a draft tree of ``tree_nodes`` nodes) or ``speculative_tree_auto`` (a tree of at most
-    ``tree_max_nodes`` nodes, sized per step: ``tree_size="auto"``); ``attention`` and ``draft_weights`` as in
-    :func:`generate`."""
+    ``tree_max_nodes`` nodes, sized per step: ``tree_size="auto"``); ``attention``, ``draft_weights`` and
+    ``tree_temperature`` (trees only) as in :func:`generate`."""
     if mode not in NAMED_MODES:
         raise ValueError(f"unknown gen_mode {mode!r}; allowed: {', '.join(NAMED_MODES)}")
     resolve_attention(attention, torch.float32)  # a bad choice fails here, before any model is loaded
     check_draft_weights(draft_weights)
+    check_tree_temperature(tree_temperature)
     shared = {"attention": attention, "draft_weights": draft_weights}
     if mode in (TREE_MODE, AUTO_TREE_MODE):
         auto = mode == AUTO_TREE_MODE
@@ -55,6 +65,7 @@ def mode_arguments(
             "gen_mode": "speculative",
             "tree_nodes": tree_max_nodes if auto else tree_nodes,
             "tree_topk": tree_topk,
+            "tree_temperature": tree_temperature,
             "tree_size": "auto" if auto else "fixed",
             **shared,
         }
@@ -154,8 +165,11 @@ class _Output:
         return len(taken)
 
 
-def _validate_tree(tree_nodes: int, tree_topk: int, tree_size: str, gen_mode: str, do_sample: bool) -> None:
+def _validate_tree(
+    tree_nodes: int, tree_topk: int, tree_temperature: float, tree_size: str, gen_mode: str, do_sample: bool
+) -> None:
     check_tree_size(tree_size)
+    check_tree_temperature(tree_temperature)
     if tree_size == "auto" and not (isinstance(tree_nodes, int) and tree_nodes >= 1):
         raise ValueError(f"tree_size='auto' needs tree_nodes >= 1 (the largest tree), not {tree_nodes!r}")
     if not isinstance(tree_nodes, int) or tree_nodes < 0:
@@ -284,6 +298,7 @@ def generate(
     tree_nodes: int = 0,
     tree_topk: int = DEFAULT_TREE_TOPK,
     tree_size: str = "fixed",
+    tree_temperature: float = DEFAULT_TREE_TEMPERATURE,
     attention: str = "auto",
     draft_weights: str = "auto",
 ) -> GenerationOutput:
@@ -309,6 +324,9 @@ def generate(
         tree_nodes: ``speculative`` only: verify a tree of this many drafted tokens per pass instead of one chain
             of ``horizon - 1`` (greedy only; see :mod:`tjdnet.decoding.tree`); 0 drafts a chain.
         tree_topk: prefixes a tree expands per depth.
+        tree_temperature: T > 0: a tree keeps the most probable prefixes under the head's conditionals softened to
+            q^(1/T); T > 1 keeps more alternatives near the root, for a head less sure on these prompts than it
+            claims (:func:`~tjdnet.decoding.tree.build_draft_tree`). Verification, hence the output, is the same.
         tree_size: ``fixed`` verifies all ``tree_nodes`` nodes; ``auto`` keeps, each step, the number of them that
             maximises expected tokens per second, from the head's own probabilities and the time of a verifying
             pass of each width, measured on this machine the first time a model decodes a batch of this size
@@ -348,7 +366,7 @@ def generate(
         input_ids, attention_mask = left_aligned(input_ids, attention_mask, pad_ids)
     horizon = _validate(model, input_ids, attention_mask, gen_mode, max_new_tokens, horizon, streamer)
     config = SamplingConfig(do_sample, settings["temperature"], settings["top_k"], settings["top_p"])
-    _validate_tree(tree_nodes, tree_topk, tree_size, gen_mode, do_sample)
+    _validate_tree(tree_nodes, tree_topk, tree_temperature, tree_size, gen_mode, do_sample)
     exact = resolve_attention(attention, next(model.lm.parameters()).dtype)
     int8 = resolve_draft_weights(draft_weights, gen_mode, model.head)
     if verify_with_base and not model.has_lora:
@@ -411,7 +429,7 @@ def generate(
                 sizer = TreeSizer(_pass_cost(model, rows, pending, tree_nodes + 1, forward, hidden.dtype))
             _speculative_loop(
                 model, rows, hidden, pending, config, draft_len, out, stats, forward, generator, tree_nodes, tree_topk,
-                verify=gen_mode != "draft_anchored", sizer=sizer, window=window,
+                verify=gen_mode != "draft_anchored", sizer=sizer, window=window, tree_temperature=tree_temperature,
             )  # fmt: skip
     stats.decode_time_s = time.perf_counter() - start - stats.prefill_time_s
     return _finish(input_ids, out, stats, pad_token_id, streamer)
@@ -460,6 +478,7 @@ def _speculative_loop(
     verify=True,
     sizer: TreeSizer | None = None,
     window: Window | None = None,
+    tree_temperature: float = DEFAULT_TREE_TEMPERATURE,
 ) -> None:
     """Commit the verifier's pending token, draft after it (a chain, or a tree of ``tree_nodes`` nodes),
     verify the draft in one pass; repeat. ``window``: the rows' context windows, for a head that reads them.
@@ -480,7 +499,8 @@ def _speculative_loop(
             hidden, pending, window = hidden[keep], pending[keep], None if window is None else window[keep]
         k = min(draft_len, max(out.remaining(r) for r in rows.index.tolist()) - 1)
         if k > 0 and tree_nodes > 0:
-            step = _tree_step(model, rows, hidden, pending, k, tree_nodes, tree_topk, forward, sizer, window)
+            tree = (tree_nodes, tree_topk, tree_temperature)
+            step = _tree_step(model, rows, hidden, pending, k, tree, forward, sizer, window)
         else:
             step = _chain_step(model, rows, hidden, pending, k, config, forward, generator, verify, window)
         if window is not None:  # the positions this step kept: the last one before it, then those it fed
@@ -565,12 +585,12 @@ def _chain_step(model, rows, hidden, pending, k, config, forward, generator, ver
     return _Step(draft, n_accepted, pending, step_hidden, k, draft_s)
 
 
-def _tree_step(model, rows, hidden, pending, k, tree_nodes, tree_topk, forward, sizer=None, window=None) -> _Step:
-    """Draft a tree of ``tree_nodes`` continuations (depth <= k) after ``pending`` and verify it greedily (the
-    first nodes of it, as many as ``sizer`` chooses, when given)."""
+def _tree_step(model, rows, hidden, pending, k, shape, forward, sizer=None, window=None) -> _Step:
+    """Draft a tree of ``shape`` = (nodes, topk, temperature) (:func:`build_draft_tree`; depth <= k) after
+    ``pending`` and verify it greedily (the first nodes of it, as many as ``sizer`` chooses, when given)."""
     start = time.perf_counter()
     block = _head_block(model.head, hidden, k + 1, pending, window)
-    tree = build_draft_tree(block, pending, k, tree_nodes, tree_topk)
+    tree = build_draft_tree(block, pending, k, *shape)
     draft_s = time.perf_counter() - start
     if sizer is not None:
         tree = sizer.choose(tree, draft_s)

@@ -20,10 +20,12 @@ from dataclasses import dataclass
 
 import torch
 
+from tjdnet.checks import check_positive
 from tjdnet.heads.block import BlockDistribution
 
 DEFAULT_TREE_NODES = 8
 DEFAULT_TREE_TOPK = 4
+DEFAULT_TREE_TEMPERATURE = 1.2  # chosen on real prompts: benchmarks/README.md, "A tree temperature"
 
 
 @dataclass
@@ -34,7 +36,8 @@ class DraftTree:
         tokens: (A, N) the nodes' tokens.
         parents: (A, N) each node's parent, 0 (the root) or a node index 1..N smaller than its own.
         depths: (A, N) each node's depth below the root, 1..k.
-        log_q: (A, N) the head's log-probability of each node's prefix (below the root), when known.
+        log_q: (A, N) the head's log-probability of each node's prefix (below the root; under the softened
+            conditionals of a tree temperature), when known.
     """
 
     tokens: torch.Tensor
@@ -64,7 +67,18 @@ class DraftTree:
         return result
 
 
-def build_draft_tree(block: BlockDistribution, root: torch.Tensor, depth: int, nodes: int, topk: int) -> DraftTree:
+def check_tree_temperature(temperature: object) -> None:
+    check_positive("tree_temperature", temperature)
+
+
+def build_draft_tree(
+    block: BlockDistribution,
+    root: torch.Tensor,
+    depth: int,
+    nodes: int,
+    topk: int,
+    temperature: float = 1.0,
+) -> DraftTree:
     """The ``nodes`` most probable prefixes of y_2..y_{depth+1} given y_1 = ``root`` under ``block``.
 
     Args:
@@ -73,6 +87,13 @@ def build_draft_tree(block: BlockDistribution, root: torch.Tensor, depth: int, n
         depth: longest drafted continuation, >= 1.
         nodes: N, the drafted nodes to keep, >= 1.
         topk: prefixes expanded per depth (beam width), >= 1.
+        temperature: T > 0; prefixes are scored under the conditionals softened to q^(1/T) (renormalised): T > 1
+            trusts a head that is overconfident on the prompts at hand less, keeping more alternatives near the
+            root. Only which nodes are drafted changes; verification is the same.
+
+    Drafting stops early, with the same tree, once no deeper prefix can rank among the N best: a child scores at
+    most its parent, so when the N-th best prefix offered so far scores at least the best of the beam, every
+    deeper one would rank after it.
     """
     message = block.observe(block.start(), 0, root)[:, None]  # (A, 1, R)
     score = torch.zeros_like(message[..., 0])  # (A, F) log q of each frontier prefix
@@ -80,7 +101,10 @@ def build_draft_tree(block: BlockDistribution, root: torch.Tensor, depth: int, n
     tokens, parents, scores, depths = [], [], [], []
     offered = 0
     for d in range(1, depth + 1):
-        log_q = block.conditional(message, d).clamp_max(0)  # (A, F, V); <= 0 keeps children below parents
+        log_q = block.conditional(message, d)
+        if temperature != 1.0:
+            log_q = torch.log_softmax(log_q / temperature, dim=-1)
+        log_q = log_q.clamp_max(0)  # (A, F, V); <= 0 keeps children below parents
         vocab = log_q.shape[-1]
         best, flat = (score[..., None] + log_q).flatten(1).topk(min(nodes, log_q[0].numel()), dim=1)  # (A, C)
         parent_slot = flat // vocab
@@ -88,15 +112,23 @@ def build_draft_tree(block: BlockDistribution, root: torch.Tensor, depth: int, n
         parents.append(frontier.gather(1, parent_slot))
         scores.append(best)
         depths.append(torch.full_like(flat, d))
-        if d < depth:  # the beam: the topk best offered prefixes of this depth
-            width = min(topk, flat.shape[1])
-            beam_tokens, beam_slot = tokens[-1][:, :width], parent_slot[:, :width]  # vocabulary ids
-            parent_message = message.gather(1, beam_slot[..., None].expand(-1, -1, message.shape[-1]))
-            message = block.observe(parent_message, d, beam_tokens)
-            score = best[:, :width]
-            frontier = offered + torch.arange(width, device=flat.device).expand_as(beam_tokens)
         offered += flat.shape[1]
+        if d == depth:
+            break
+        width = min(topk, flat.shape[1])  # the beam: the topk best offered prefixes of this depth
+        if offered >= nodes and bool((_nth_best(scores, nodes) >= best[:, 0]).all()):
+            break
+        beam_tokens, beam_slot = tokens[-1][:, :width], parent_slot[:, :width]  # vocabulary ids
+        parent_message = message.gather(1, beam_slot[..., None].expand(-1, -1, message.shape[-1]))
+        message = block.observe(parent_message, d, beam_tokens)
+        score = best[:, :width]
+        frontier = offered - flat.shape[1] + torch.arange(width, device=flat.device).expand_as(beam_tokens)
     return _keep_best(torch.cat(tokens, 1), torch.cat(parents, 1), torch.cat(scores, 1), torch.cat(depths, 1), nodes)
+
+
+def _nth_best(scores: list[torch.Tensor], n: int) -> torch.Tensor:
+    """(A,) the n-th highest of the scores offered so far (A, C_d) per depth d."""
+    return torch.cat(scores, 1).topk(n, dim=1).values[:, -1]
 
 
 def _keep_best(
