@@ -5,37 +5,29 @@
 
 Greedy decoding is deterministic, so tau (new tokens per verifying step; `bench` also counts the prompt's pass)
 compares across temperatures without repeats or interleaving; the output is `ar`'s at every temperature.
-Prompts: MT-Bench first turns or GSM8K dev questions from ../shared/data (or --path), formatted as `tjdnet bench`
-formats them.
+Prompts: MT-Bench first turns or GSM8K dev questions (the test split of `tjdnet bench --data.dataset`, from
+../shared/data or --path), formatted as `tjdnet bench` formats them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
 
-from tjdnet.data import Example, encode_prompt
+from tjdnet.data import encode_prompt
+from tjdnet.data.registry import load_examples
 from tjdnet.decoding import mode_arguments
 from tjdnet.loading import load_tokenizer
 from tjdnet.model import TJDModel
-
-FILES = {"mt_bench": "mt_bench/question.jsonl", "gsm8k": "gsm8k/dev.jsonl"}
-
-
-def questions(dataset: str, path: Path) -> list[str]:
-    """The prompts' texts: MT-Bench first turns or GSM8K questions, in file order."""
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [row["turns"][0] if dataset == "mt_bench" else row["question"] for row in rows]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--head", required=True, help="a directory written by TJDModel.save_pretrained")
-    parser.add_argument("--dataset", choices=sorted(FILES), required=True)
-    parser.add_argument("--path", help="the dataset's JSONL file (default: under ../shared/data)")
+    parser.add_argument("--dataset", choices=["gsm8k", "mt_bench"], required=True)
+    parser.add_argument("--path", help="the dataset's directory or file (default: ../shared/data/<dataset>)")
     parser.add_argument("--start", type=int, default=0)
     parser.add_argument("--prompts", type=int, default=30)
     parser.add_argument("--temperatures", default="1.0,1.1,1.2,1.3")
@@ -48,9 +40,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = TJDModel.from_pretrained(args.head, dtype=args.dtype).eval()
     tokenizer = load_tokenizer(model.config.model)
-    path = Path(args.path or Path("../shared/data") / FILES[args.dataset])
-    texts = questions(args.dataset, path)[args.start : args.start + args.prompts]
-    prompts = [torch.tensor([encode_prompt(tokenizer, Example(text, None))]) for text in texts]
+    examples = load_examples(args.dataset, "test", args.path or f"../shared/data/{args.dataset}")
+    prompts = [torch.tensor([encode_prompt(tokenizer, e)]) for e in examples[args.start : args.start + args.prompts]]
     report = {}
     for temperature in (float(t) for t in args.temperatures.split(",")):
         kwargs = mode_arguments("speculative_tree", args.tree_nodes, args.tree_topk, tree_temperature=temperature)
