@@ -4,7 +4,7 @@ A drafting step is a handful of few-row products (M = the tree's nodes at one de
 the weights: an EAGLE-style drafter with an 8,192-token draft vocabulary reads ~16 MB of bfloat16 weights per
 depth. With each weight row stored as int8 and one scale (symmetric, per output row), an int8 product reads half
 the bytes of bfloat16. torch has two CPU kernels for it, and each layer uses the one that is faster for its shape
-on this machine (:func:`int8_kernel_times`, measured once per process and shape):
+on this machine (:func:`int8_kernel_times`, measured once per process and shape; ``dynamic`` only where clearly so):
 
 - ``weight_only`` (``aten._weight_int8pack_mm``): the input stays in its dtype, the weights are widened on the fly;
   fast for small layers, slower as rows are added.
@@ -134,8 +134,15 @@ def _kernel_times(dtype: torch.dtype, outputs: int, inputs: int, threads: int, r
 
 
 def fastest_int8_kernel(dtype: torch.dtype, outputs: int, inputs: int, threads: int) -> str | None:
-    """The faster of :func:`available_int8_kernels` on CPU for this product shape (None where there is none)."""
+    """The faster of :func:`available_int8_kernels` on CPU for this product shape (None where there is none);
+    ``dynamic`` only where it takes under :data:`DYNAMIC_MARGIN` of ``weight_only``'s time."""
     return _fastest_kernel(dtype, outputs, inputs, threads, torch.backends.quantized.engine)
+
+
+# ``dynamic`` also rounds the input, so it is taken only where it is clearly faster than ``weight_only``: on a near
+# tie (the shipped head's 1728 x 576 product: 0.95-1.07x) a per-run timing would pick either, and the drafts (not
+# the output) would differ from run to run
+DYNAMIC_MARGIN = 0.8
 
 
 @functools.lru_cache  # asked on every int8 product: one look-up
@@ -143,6 +150,8 @@ def _fastest_kernel(dtype: torch.dtype, outputs: int, inputs: int, threads: int,
     if not available_int8_kernels(dtype, inputs):
         return None
     times = _kernel_times(dtype, outputs, inputs, threads, TIMED_ROWS, engine)
+    if "weight_only" in times and "dynamic" in times:
+        return "dynamic" if times["dynamic"] < DYNAMIC_MARGIN * times["weight_only"] else "weight_only"
     kernels = [k for k in times if k != "model"]
     return min(kernels, key=times.get) if kernels else None
 

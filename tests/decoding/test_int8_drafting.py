@@ -86,7 +86,28 @@ def test_the_fastest_kernel_is_measured_among_those_that_apply():
     kernels = available_int8_kernels(torch.bfloat16, 64)
     times = int8_kernel_times(torch.bfloat16, 256, 64, threads)
     assert set(times) == {"model", *kernels} and all(t > 0 for t in times.values())
-    assert fastest_int8_kernel(torch.bfloat16, 256, 64, threads) == (min(kernels, key=times.get) if kernels else None)
+    fastest = fastest_int8_kernel(torch.bfloat16, 256, 64, threads)
+    assert fastest in kernels if kernels else fastest is None
+
+
+@pytest.mark.parametrize(
+    ("times", "chosen"),
+    [
+        ({"weight_only": 1.0, "dynamic": 0.9}, "weight_only"),  # a near tie keeps the input as it is
+        ({"weight_only": 1.0, "dynamic": 0.7}, "dynamic"),
+        ({"weight_only": 1.0, "dynamic": 1.5}, "weight_only"),
+        ({"dynamic": 2.0}, "dynamic"),  # the only one that applies
+        ({"weight_only": 2.0}, "weight_only"),
+    ],
+)
+def test_the_dynamic_kernel_must_be_clearly_faster(monkeypatch, times, chosen):
+    monkeypatch.setattr(quantization, "available_int8_kernels", lambda dtype, inputs: tuple(times))
+    monkeypatch.setattr(quantization, "_kernel_times", lambda *args: {"model": 3.0, **times})
+    quantization._fastest_kernel.cache_clear()
+    try:
+        assert fastest_int8_kernel(torch.bfloat16, 32, 16, 1) == chosen
+    finally:
+        quantization._fastest_kernel.cache_clear()
 
 
 @pytest.mark.skipif("qnnpack" not in torch.backends.quantized.supported_engines, reason="needs torch's qnnpack")

@@ -38,7 +38,7 @@ def test_push_keeps_each_rows_latest_positions_right_aligned():
     tokens = torch.tensor([[11, 12, 13, 14], [21, 22, 23, 24]])
     window = window.push(features, tokens, torch.tensor([[True, True, False, False], [True, True, True, True]]))
     assert window.valid.tolist() == [[False, True, True], [True, True, True]]
-    assert window.tokens.tolist() == [[0, 11, 12], [22, 23, 24]]
+    assert window.tokens[0, 1:].tolist() == [11, 12] and window.tokens[1].tolist() == [22, 23, 24]
     window = window.push(features[:, :1] * 10, torch.tensor([[15], [25]]), torch.tensor([[True], [False]]))
     assert window.tokens.tolist() == [[11, 12, 15], [22, 23, 24]]
     assert window.features[0, :, 0].tolist() == [1.0, 2.0, 10.0] and window[1:].features[0, :, 0].tolist() == [2, 3, 4]
@@ -66,6 +66,19 @@ def test_windowed_eagle_is_a_normalised_joint_that_reads_the_window(horizon):
         assert not torch.allclose(head.log_prob(h, y, window=window), head.log_prob(h, y))
         empty = Window(window.features, window.tokens, torch.zeros_like(window.valid))
         torch.testing.assert_close(head.log_prob(h, y, window=empty), head.log_prob(h, y))
+
+
+def test_what_an_empty_slot_holds_changes_nothing():
+    head = windowed_head()
+    h, window = torch.randn(3, D), some_window(3)
+    y = all_blocks(3)[5].expand(3, -1)
+    empty = ~window.valid
+    features, tokens = window.features.masked_fill(empty[..., None], 7.0), window.tokens.masked_fill(empty, 1)
+    other = Window(features, tokens, window.valid)
+    torch.testing.assert_close(head.log_prob(h, y, window=other), head.log_prob(h, y, window=window))
+    full = Window(window.features, window.tokens, torch.ones_like(window.valid))  # no slot masked
+    assert not torch.allclose(head.log_prob(h, y, window=full)[[0, 2]], head.log_prob(h, y, window=window)[[0, 2]])
+    torch.testing.assert_close(head.log_prob(h, y, window=full)[1], head.log_prob(h, y, window=window)[1])
 
 
 def test_windowed_drafting_over_many_nodes_equals_one_node_at_a_time():

@@ -73,8 +73,11 @@ class EagleHead(JointHead):
         e = self.embedding(tokens).to(dtype)
         return self.fuse(torch.cat([rms_norm(f.to(dtype)), rms_norm(e)], dim=-1)) + context.to(dtype)
 
-    def window_keys(self, window: Window | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """(keys, values (B, W, heads, hd), valid (B, W)) of a context window, or None without one."""
+    def window_keys(self, window: Window | None) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """A context window as the drafter attends over it, or None without one: (the attention keys and values of
+        its W positions (B, 2 W D), laid out as a state's cache (:meth:`step`), so that they join the block's keys
+        in one product; a score bias (B, W), 0 at the slots that hold a position and -inf at the others, or None
+        when every slot holds one)."""
         if window is None or self.window_position is None:
             return None
         if window.size != self.window_size:
@@ -82,15 +85,18 @@ class EagleHead(JointHead):
         d = self.config.hidden_size
         w = self.layer_input(window.features[..., :d], window.tokens, self.context(window.features))
         kv = nn.functional.linear(rms_norm(w + self.window_position), self.qkv.weight[d:])  # no queries needed
-        kv = kv.unflatten(-1, (2, self.heads, -1))
-        return kv[..., 0, :, :], kv[..., 1, :, :], window.valid
+        valid = window.valid
+        bias = None if bool(valid.all()) else torch.zeros_like(valid, dtype=kv.dtype).masked_fill(~valid, -math.inf)
+        return kv.flatten(-2), bias
 
     def step(self, message: torch.Tensor, k: int, tokens: torch.Tensor, window: tuple | None = None) -> torch.Tensor:
         """The drafter state after observing ``tokens`` (B, ...) at block position k (0-based); ``window``: the
-        :meth:`window_keys` of the rows' context windows.
+        :meth:`window_keys` of the rows' context windows (the state already holds their keys, from
+        :meth:`initial_state`; the score bias is read from here).
 
-        A state (B, ..., (2j + 2) D) packs the current feature f_j, the context c and the attention keys and values
-        of the layer inputs u_1..u_j of the block (each input is projected once, when it is observed).
+        A state (B, ..., (2 W + 2j + 2) D) packs the current feature f_j, the context c and the attention keys and
+        values of the W window positions and of the layer inputs u_1..u_j of the block (each input is projected
+        once, when it is observed).
         """
         d = self.config.hidden_size
         dtype = self.fuse.weight.dtype
@@ -98,21 +104,25 @@ class EagleHead(JointHead):
         u = self.layer_input(f, tokens, context) + self.position[k]
         q, key, value = self.qkv(rms_norm(u)).unflatten(-1, (3, self.heads, -1)).unbind(-3)  # (..., heads, hd)
         cache = torch.cat([cache, key.flatten(-2), value.flatten(-2)], dim=-1)
-        keys, values = cache.unflatten(-1, (-1, 2, self.heads, q.shape[-1])).unbind(-3)  # (..., j + 1, heads, hd)
+        keys, values = cache.unflatten(-1, (-1, 2, self.heads, q.shape[-1])).unbind(-3)  # (..., W + j + 1, heads, hd)
         scores = _dot(q, keys) / math.sqrt(q.shape[-1])
-        if window is not None:
-            keys_w, values_w, valid = (_over_nodes(x, q) for x in window)
-            scores_w = _dot(q, keys_w) / math.sqrt(q.shape[-1])
-            scores = torch.cat([scores_w.masked_fill(~valid[..., None, :], float("-inf")), scores], dim=-1)
-            values = torch.cat([values_w, values], dim=-3)
+        bias = None if window is None else window[1]
+        if bias is not None:  # slots of the window that hold no position yet
+            size = bias.shape[-1]
+            bias = bias.reshape(bias.shape[0], *([1] * (q.dim() - 2)), size)  # (B, 1 per node dim, 1 head, W)
+            scores = torch.cat([scores[..., :size] + bias, scores[..., size:]], dim=-1)
         mixed = (scores.float().softmax(-1).to(dtype).transpose(-1, -2)[..., None] * values).sum(-3)
         a = u + self.attn_out(mixed.flatten(-2))
         m = a + self.mlp_out(torch.nn.functional.silu(self.mlp_in(rms_norm(a))))
         return torch.cat([f + self.out(m), context, cache], dim=-1)
 
-    def initial_state(self, h: torch.Tensor) -> torch.Tensor:
-        """(B, 2D) the state before the block, [f_0; c], from the head's input h (B, (1 + n) D)."""
-        return torch.cat([h[..., : self.config.hidden_size], self.context(h)], dim=-1)
+    def initial_state(self, h: torch.Tensor, window: tuple | None = None) -> torch.Tensor:
+        """(B, (2 + 2W) D) the state before the block, [f_0; c; the window's keys and values], from the head's input
+        h (B, (1 + n) D) and the rows' context ``window`` (:meth:`window_keys`; W = 0 without one)."""
+        parts = [h[..., : self.config.hidden_size], self.context(h)]
+        if window is not None:
+            parts.append(window[0])
+        return torch.cat(parts, dim=-1)
 
     def emission_logits(self, message: torch.Tensor, draft: bool = True) -> torch.Tensor:
         """(..., V) float32 logits (over the draft vocabulary, when set and ``draft``) of the state's feature."""
@@ -215,7 +225,7 @@ class EagleHead(JointHead):
         with ``distributions`` the conditionals (B, L, V) float32, else None): the drafter fed ``inputs`` (B, L)
         (vocabulary ids), scoring ``targets`` (B, L) (indices into the draft vocabulary when ``draft``, else
         vocabulary ids); ``window``: :meth:`window_keys`."""
-        message, picked, drafted, conditionals = self.initial_state(h), [], [], []
+        message, picked, drafted, conditionals = self.initial_state(h, window), [], [], []
         d = self.config.hidden_size
         for k in range(targets.shape[1]):
             if k > 0:
@@ -233,13 +243,6 @@ def _dot(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """(..., heads, J) dot products of queries q (..., heads, hd) with keys (..., J, heads, hd). A broadcast product
     and a sum: for the few keys of a drafted block, 4x cheaper than the batched matrix product einsum makes."""
     return (q[..., None, :, :] * keys).sum(-1).transpose(-1, -2)
-
-
-def _over_nodes(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """A per-row window tensor x (B, W, ...) for queries q (B, ..., heads, hd) of any nodes per row: (B, ..., W,
-    ...), expanded over q's middle dimensions."""
-    middle = q.shape[1:-2]
-    return x.reshape(x.shape[0], *([1] * len(middle)), *x.shape[1:]).expand(x.shape[0], *middle, *x.shape[1:])
 
 
 class DrafterBlock(SequentialDraft):
@@ -263,7 +266,7 @@ class DrafterBlock(SequentialDraft):
         return self.head.config.vocab_size if self.vocab is None else self.vocab.size
 
     def start(self) -> torch.Tensor:
-        return self.head.initial_state(self.h)
+        return self.head.initial_state(self.h, self.window)
 
     def conditional(self, message: torch.Tensor, k: int) -> torch.Tensor:
         """(B, ..., V) log q(y_k | y_<k) given states (B, ..., M) before position k."""

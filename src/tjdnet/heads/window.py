@@ -39,17 +39,15 @@ class Window:
 
     def push(self, features: torch.Tensor, tokens: torch.Tensor, valid: torch.Tensor) -> Window:
         """The window after positions ``features`` (B, n, F) with their next ``tokens`` (B, n), oldest first, of
-        which those ``valid`` (B, n) happened: each row keeps its W latest positions, right-aligned."""
+        which those ``valid`` (B, n) happened: each row keeps its W latest positions, right-aligned (what a slot
+        without a position holds is unspecified)."""
         all_valid = torch.cat([self.valid, valid], dim=1)  # (B, W + n)
-        later = all_valid.flip(1).cumsum(1).flip(1)  # valid positions at or after each slot
-        kept = all_valid & (later <= self.size)
-        row, source = kept.nonzero(as_tuple=True)
-        slot = self.size - later[row, source]
-        out = Window.empty(len(self.valid), self.size, self.features[:, 0])
-        out.features[row, slot] = torch.cat([self.features, features.to(self.features.dtype)], dim=1)[row, source]
-        out.tokens[row, slot] = torch.cat([self.tokens, tokens], dim=1)[row, source]
-        out.valid[row, slot] = True
-        return out
+        order = torch.arange(all_valid.shape[1], device=all_valid.device)
+        latest = torch.where(all_valid, order, -1).sort(dim=1).values[:, -self.size :]  # (B, W); -1: none
+        source = latest.clamp_min(0)
+        features = torch.cat([self.features, features.to(self.features.dtype)], dim=1)
+        features = features.gather(1, source[..., None].expand(-1, -1, features.shape[-1]))
+        return Window(features, torch.cat([self.tokens, tokens], dim=1).gather(1, source), latest >= 0)
 
 
 def sequence_windows(
