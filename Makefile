@@ -44,7 +44,7 @@ pretrained: venv
 	$(OFFLINE) $(BIN)/tjdnet distill --out $(DISTILLED_CHAT) --source none --chat_prompts 1536 --opener_prompts 1536 \
 		--max_new_tokens 128 --batch_size 32 --dtype bfloat16 --seed 1
 	$(OFFLINE) $(BIN)/tjdnet fit-heads --data $(DISTILLED),$(DISTILLED_CHAT),gsm8k=$(DATA)/gsm8k --targets model \
-		--feature_loss 1 --heads eagle:1:5:w1024:lr1e-3:f10/20 --steps 9600 --batch_positions 256 --draft_vocab 8192 \
+		--feature_loss 1 --heads eagle:1:5:w1024:lr1e-3:f10/20:c8 --steps 9600 --batch_positions 256 --draft_vocab 8192 \
 		--compute_dtype bfloat16 --out_dir pretrained --prefix smollm2-135m-
 
 lint: venv

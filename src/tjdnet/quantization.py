@@ -140,7 +140,7 @@ def fastest_int8_kernel(dtype: torch.dtype, outputs: int, inputs: int, threads: 
 
 
 # ``dynamic`` also rounds the input, so it is taken only where it is clearly faster than ``weight_only``: on a near
-# tie (the shipped head's 1728 x 576 product: 0.95-1.07x) a per-run timing would pick either, and the drafts (not
+# tie (the shipped head's 1728 x 576 product: 1.00-1.07x) a per-run timing would pick either, and the drafts (not
 # the output) would differ from run to run
 DYNAMIC_MARGIN = 0.8
 
