@@ -231,19 +231,20 @@ def test_tree_acceptance_follows_the_verifier_argmax():
         ([[0, 1, 1, 1], [0, 1, 2, 2]], [2, 3]),  # every kept node already sits at its depth: nothing moves
     ],
 )
-def test_kv_cache_after_a_tree_step_holds_only_the_accepted_path(kind, path, kept):
+@pytest.mark.parametrize("batch", [2, 1])  # one row moves its slots another way (an index_select)
+def test_kv_cache_after_a_tree_step_holds_only_the_accepted_path(kind, path, kept, batch):
     model = build(kind)
-    prompt = torch.randint(3, TINY_VOCAB, (2, 6))
+    prompt = torch.randint(3, TINY_VOCAB, (batch, 6))
     tree = DraftTree(
-        tokens=torch.randint(3, TINY_VOCAB, (2, 5)),
-        parents=torch.tensor([[0, 0, 1, 2, 4], [0, 1, 1, 3, 3]]),
-        depths=torch.tensor([[1, 1, 2, 2, 3], [1, 2, 2, 3, 3]]),
+        tokens=torch.randint(3, TINY_VOCAB, (batch, 5)),
+        parents=torch.tensor([[0, 0, 1, 2, 4], [0, 1, 1, 3, 3]])[:batch],
+        depths=torch.tensor([[1, 1, 2, 2, 3], [1, 2, 2, 3, 3]])[:batch],
     )
-    root = torch.randint(3, TINY_VOCAB, (2, 1))
-    path, kept = torch.tensor(path), torch.tensor(kept)
-    nxt = torch.randint(3, TINY_VOCAB, (2, 1))
+    root = torch.randint(3, TINY_VOCAB, (batch, 1))
+    path, kept = torch.tensor(path)[:batch], torch.tensor(kept)[:batch]
+    nxt = torch.randint(3, TINY_VOCAB, (batch, 1))
     with torch.no_grad():
-        rows = _Rows([DynamicCache(config=model.lm.config)], torch.ones_like(prompt), torch.tensor([6, 6]))
+        rows = _Rows([DynamicCache(config=model.lm.config)], torch.ones_like(prompt), torch.full((batch,), 6))
         model.hidden_states(prompt, cache=rows.caches[0])
         mask, positions = rows.tree_inputs(tree, torch.float32)
         model.hidden_states(torch.cat([root, tree.tokens], 1), mask, positions, rows.caches[0])
@@ -251,7 +252,7 @@ def test_kv_cache_after_a_tree_step_holds_only_the_accepted_path(kind, path, kep
         assert rows.next_pos.tolist() == (6 + kept).tolist()
         mask, positions = rows.feed_inputs(1)
         got = model.hidden_states(nxt, mask, positions, rows.caches[0])[:, -1]
-        for b in range(2):
+        for b in range(batch):
             accepted = [tree.tokens[b, i - 1] for i in path[b, 1 : kept[b]].tolist()]
             sequence = torch.cat([prompt[b], root[b], torch.stack(accepted) if accepted else root[b, :0], nxt[b]])
             alone = model.hidden_states(sequence[None])[:, -1]

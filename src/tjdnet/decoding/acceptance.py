@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from tjdnet.sampling import SamplingConfig, choose_tokens
+from tjdnet.sampling import SamplingConfig, argmax, choose_tokens
 
 
 def leading_true(accepted: torch.Tensor) -> torch.Tensor:
@@ -25,7 +25,7 @@ def greedy_accept(draft: torch.Tensor, target_log_probs: torch.Tensor) -> tuple[
     Returns:
         n_accepted (B,) in 0..k and the verifier's token after the accepted prefix (B,).
     """
-    choice = target_log_probs.argmax(dim=-1)  # (B, k + 1)
+    choice = argmax(target_log_probs)  # (B, k + 1)
     n_accepted = leading_true(draft == choice[:, :-1])
     return n_accepted, choice.gather(1, n_accepted[:, None]).squeeze(1)
 
@@ -43,7 +43,7 @@ def greedy_accept_tree(
         path (B, depth + 1): node indices from the root, the first n_accepted + 1 meaningful (the rest repeat
         the last); n_accepted (B,) in 0..depth; the verifier's token after the path (B,).
     """
-    choice = target_log_probs.argmax(dim=-1)  # (B, N + 1)
+    choice = argmax(target_log_probs)  # (B, N + 1)
     node = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
     n_accepted = torch.zeros_like(node)
     path = [node]

@@ -114,8 +114,7 @@ class _Rows:
             for layer in cache.layers:
                 for name in ("keys", "values"):
                     states = getattr(layer, name)  # (A, heads, L + fed, d)
-                    picked = states.gather(2, index[:, None, :, None].expand(-1, states.shape[1], -1, states.shape[3]))
-                    states[:, :, start + first : start + width] = picked
+                    states[:, :, start + first : start + width] = _slots(states, index)
         self.keep_first(fed, kept)
 
     def keep_first(self, fed: int, kept: torch.Tensor) -> None:
@@ -134,6 +133,13 @@ class _Rows:
         for cache in self.caches:
             cache.batch_select_indices(idx)
         self.slot_mask, self.next_pos, self.index = self.slot_mask[idx], self.next_pos[idx], self.index[idx]
+
+
+def _slots(states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(A, heads, n, d) the cache slots ``index`` (A, n) of each row's states (A, heads, L, d)."""
+    if len(index) == 1:  # one row: an index_select, half a gather's time (60 of them per step)
+        return states.index_select(2, index[0])
+    return states.gather(2, index[:, None, :, None].expand(-1, states.shape[1], -1, states.shape[3]))
 
 
 class _Output:
