@@ -17,13 +17,9 @@ import argparse
 import json
 from dataclasses import dataclass
 
-import torch
+import real_prompts
 
-from tjdnet.data import encode_prompt
-from tjdnet.data.registry import load_examples
 from tjdnet.decoding import mode_arguments
-from tjdnet.loading import load_tokenizer
-from tjdnet.model import TJDModel
 
 
 @dataclass
@@ -49,21 +45,11 @@ def settings(shapes: str, auto: str | None) -> dict[str, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--head", required=True, help="a directory written by TJDModel.save_pretrained")
-    parser.add_argument("--dataset", choices=["gsm8k", "mt_bench"], required=True)
-    parser.add_argument("--path", help="the dataset's directory or file (default: ../shared/data/<dataset>)")
-    parser.add_argument("--prompts", type=int, default=30)
+    real_prompts.add_arguments(parser)
     parser.add_argument("--shapes", default="8x4,12x4,16x4", help="comma-separated NxK tree shapes")
     parser.add_argument("--auto", help="NxK: also a tree of at most N nodes sized per step")
-    parser.add_argument("--max_new_tokens", type=int, default=128)
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    model = TJDModel.from_pretrained(args.head, dtype=args.dtype).eval()
-    tokenizer = load_tokenizer(model.config.model)
-    examples = load_examples(args.dataset, "test", args.path or f"../shared/data/{args.dataset}")[: args.prompts]
-    prompts = [torch.tensor([encode_prompt(tokenizer, e)]) for e in examples]
+    model, tokenizer, prompts = real_prompts.load(args)
     named = settings(args.shapes, args.auto)
     for kwargs in named.values():  # warm-up, and the sized tree's pass costs measured before any timing
         model.generate(prompts[0], max_new_tokens=16, **kwargs)

@@ -14,34 +14,19 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
+import real_prompts
 
-from tjdnet.data import encode_prompt
-from tjdnet.data.registry import load_examples
 from tjdnet.decoding import mode_arguments
-from tjdnet.loading import load_tokenizer
-from tjdnet.model import TJDModel
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--head", required=True, help="a directory written by TJDModel.save_pretrained")
-    parser.add_argument("--dataset", choices=["gsm8k", "mt_bench"], required=True)
-    parser.add_argument("--path", help="the dataset's directory or file (default: ../shared/data/<dataset>)")
-    parser.add_argument("--start", type=int, default=0)
-    parser.add_argument("--prompts", type=int, default=30)
+    real_prompts.add_arguments(parser)
     parser.add_argument("--temperatures", default="1.0,1.1,1.2,1.3")
     parser.add_argument("--tree_nodes", type=int, default=8)
     parser.add_argument("--tree_topk", type=int, default=4)
-    parser.add_argument("--max_new_tokens", type=int, default=128)
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    model = TJDModel.from_pretrained(args.head, dtype=args.dtype).eval()
-    tokenizer = load_tokenizer(model.config.model)
-    examples = load_examples(args.dataset, "test", args.path or f"../shared/data/{args.dataset}")
-    prompts = [torch.tensor([encode_prompt(tokenizer, e)]) for e in examples[args.start : args.start + args.prompts]]
+    model, _, prompts = real_prompts.load(args)
     report = {}
     for temperature in (float(t) for t in args.temperatures.split(",")):
         kwargs = mode_arguments("speculative_tree", args.tree_nodes, args.tree_topk, tree_temperature=temperature)
