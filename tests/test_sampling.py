@@ -14,19 +14,25 @@ def _rows(kind: str, shape: tuple[int, ...]) -> torch.Tensor:
         return torch.randint(0, 3, shape, generator=generator).float()
     if kind == "equal":
         return torch.zeros(shape)
+    if kind == "last":  # the maximum at the very end, in a short last block when V is no multiple of the block
+        scores = torch.randn(shape, generator=generator)
+        scores[..., -1] = 10.0
+        return scores
     if kind == "masked":  # -inf everywhere but a few entries, as after top-k filtering
         scores = torch.full(shape, float("-inf"))
         scores[..., -3] = 1.0
-        scores[..., ARGMAX_BLOCK + 1] = 1.0
+        scores[..., min(ARGMAX_BLOCK + 1, shape[-1] - 5)] = 1.0
         return scores
     scores = torch.randn(shape, generator=generator)  # "nan": torch counts NaN as the maximum
     scores[..., -1] = float("nan")
-    scores.view(-1, shape[-1])[0, ARGMAX_BLOCK + 7] = float("nan")
+    scores.view(-1, shape[-1])[0, min(ARGMAX_BLOCK + 7, shape[-1] - 5)] = float("nan")
     return scores
 
 
-@pytest.mark.parametrize("kind", ["random", "ties", "equal", "masked", "nan"])
-@pytest.mark.parametrize("shape", [(9, 96 * ARGMAX_BLOCK), (2, 3, 4 * ARGMAX_BLOCK), (5, 2 * ARGMAX_BLOCK), (3, 1000)])
+@pytest.mark.parametrize("kind", ["random", "ties", "equal", "masked", "last", "nan"])
+@pytest.mark.parametrize(
+    "shape", [(9, 96 * ARGMAX_BLOCK), (2, 3, 4 * ARGMAX_BLOCK), (5, 2 * ARGMAX_BLOCK), (3, 1000), (2, 50257), (4, 300)]
+)
 def test_argmax_is_torchs_argmax(kind, shape):
     scores = _rows(kind, shape)
     assert torch.equal(argmax(scores), scores.argmax(dim=-1))
