@@ -31,14 +31,19 @@ class Totals:
     draft_seconds: float = 0.0
 
 
+def _shape(text: str) -> tuple[int, int]:
+    """(nodes, per depth) of an ``NxK`` shape."""
+    nodes, topk = (int(v) for v in text.split("x"))
+    return nodes, topk
+
+
 def settings(shapes: str, auto: str | None) -> dict[str, dict]:
     """Named generate() keyword arguments: `ar`, then one per tree shape."""
     named = {"ar": mode_arguments("ar")}
     for shape in shapes.split(",") if shapes else []:
-        nodes, topk = (int(v) for v in shape.split("x"))
-        named[f"tree {shape}"] = mode_arguments("speculative_tree", nodes, topk)
+        named[f"tree {shape}"] = mode_arguments("speculative_tree", *_shape(shape))
     if auto:
-        nodes, topk = (int(v) for v in auto.split("x"))
+        nodes, topk = _shape(auto)
         named[f"auto {auto}"] = mode_arguments("speculative_tree_auto", tree_topk=topk, tree_max_nodes=nodes)
     return named
 

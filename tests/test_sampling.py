@@ -40,5 +40,12 @@ def test_argmax_is_torchs_argmax(kind, shape):
     assert torch.equal(argmax(strided), scores.argmax(dim=-1))
 
 
+def test_argmax_of_a_slice_reads_where_the_slice_starts():
+    scores = torch.randn(3, 5, 50257, generator=torch.Generator().manual_seed(1))
+    for k in range(5):  # as decoding reads a pass's log-probs at one position: an offset, strided view
+        assert torch.equal(argmax(scores[:, k]), scores[:, k].argmax(dim=-1))
+        assert torch.equal(argmax(scores[1:, k, 3:]), scores[1:, k, 3:].argmax(dim=-1))
+
+
 def test_argmax_of_no_rows():
     assert argmax(torch.zeros(0, 4 * ARGMAX_BLOCK)).shape == (0,)
