@@ -6,7 +6,7 @@ from test_generate import EOS, build, ragged_prompts
 
 from tjdnet.decoding import AUTO_TREE_MODE, mode_arguments
 from tjdnet.decoding.tree import DraftTree, build_draft_tree
-from tjdnet.decoding.tree_size import PassCost, TreeSizer, best_tree_size, measure_pass_cost
+from tjdnet.decoding.tree_size import PassCost, TreeSizer, best_tree_size, measure_pass_cost, monotone_fit
 
 
 def test_pass_cost_interpolates_between_measured_widths_and_never_decreases():
@@ -14,7 +14,20 @@ def test_pass_cost_interpolates_between_measured_widths_and_never_decreases():
     assert cost.max_tokens == 9
     assert cost.at(torch.tensor([1, 3, 5, 7, 9])).tolist() == [1.0, 1.0, 1.0, 2.0, 3.0]
     cost.observe(3, 2.0, smoothing=0.5)  # a pass of 3 tokens took 2.0: its cost moves half way, to 1.5
-    assert cost.at(torch.tensor([2, 3, 4, 5])).tolist() == [1.0, 1.5, 1.5, 1.5]  # wider is never cheaper
+    # wider is never cheaper: the dip after it is pooled with it, (1.5 + 1 + 1) / 3
+    assert cost.at(torch.tensor([2, 3, 4, 5, 6])).tolist() == pytest.approx([1.0, 7 / 6, 7 / 6, 7 / 6, 1.5])
+
+
+def test_monotone_fit_pools_decreasing_runs_and_keeps_an_outlier_local():
+    assert monotone_fit(torch.tensor([1.0, 2.0, 2.0, 5.0])).tolist() == [1.0, 2.0, 2.0, 5.0]  # already monotone
+    assert monotone_fit(torch.tensor([1.0, 3.0, 2.0, 4.0])).tolist() == [1.0, 2.5, 2.5, 4.0]
+    # a slow first timing (a cold pass) is averaged away rather than lifting every width after it to 28
+    fit = monotone_fit(torch.tensor([28.0, 23.0, 24.0, 25.0, 26.0, 27.0, 29.0]))
+    assert fit.tolist() == pytest.approx([25.0, 25.0, 25.0, 25.0, 26.0, 27.0, 29.0])
+    assert torch.all(fit[1:] >= fit[:-1])
+    noisy = torch.rand(40, generator=torch.Generator().manual_seed(0)).double()
+    fit = monotone_fit(noisy)
+    assert torch.all(fit[1:] >= fit[:-1]) and fit.sum().item() == pytest.approx(noisy.sum().item())
 
 
 def test_best_tree_size_takes_nodes_while_they_pay_for_their_pass():

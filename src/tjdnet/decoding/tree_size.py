@@ -65,14 +65,31 @@ class PassCost:
         return cls((values[lower] + weight * (values[upper] - values[lower])).tolist())
 
     def at(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(...) float64 seconds of passes feeding ``tokens`` (...) tokens per row, 1..max_tokens. A wider pass
-        never costs less here: timing noise must not make a bigger tree look free."""
-        return self.seconds.cummax(0).values[tokens.long() - 1]
+        """(...) float64 seconds of passes feeding ``tokens`` (...) tokens per row, 1..max_tokens, read off the
+        non-decreasing fit of the timings (:func:`monotone_fit`): timing noise must not make a bigger tree look
+        free, nor one slow timing make every narrower pass look as dear as it."""
+        return monotone_fit(self.seconds)[tokens.long() - 1]
 
     def observe(self, tokens: int, seconds: float, smoothing: float = 0.9) -> None:
         """Move the cost of ``tokens``-wide passes towards a pass just timed (a running mean)."""
         index = tokens - 1
         self.seconds[index] = smoothing * self.seconds[index] + (1 - smoothing) * seconds
+
+
+def monotone_fit(values: torch.Tensor) -> torch.Tensor:
+    """The non-decreasing sequence closest to ``values`` (n,) in squared error (pool adjacent violators): each run
+    that decreases is replaced by its mean. Unlike a running maximum, one high outlier is averaged with its
+    neighbours instead of lifting everything after it."""
+    means: list[float] = []
+    counts: list[int] = []
+    for value in values.tolist():
+        mean, count = value, 1
+        while means and means[-1] > mean:
+            previous, weight = means.pop(), counts.pop()
+            mean, count = (previous * weight + mean * count) / (weight + count), weight + count
+        means.append(mean)
+        counts.append(count)
+    return torch.tensor([m for m, c in zip(means, counts, strict=True) for _ in range(c)], dtype=values.dtype)
 
 
 def measure_pass_cost(run_pass: Callable[[int], None], max_tokens: int, repeats: int = 2) -> PassCost:
