@@ -1,0 +1,124 @@
+"""What sizing the draft tree per step could buy: fixed tree sizes, the sizer's rule and an oracle, replayed.
+
+    python benchmarks/tree_oracle.py --head DIR --dataset mt_bench [--prompts 40] [--nodes 32] [--topk 4]
+        [--ar_ms 26.4] [--token_ms 0.6] [--draft_ms 3.5] [--out FILE]
+
+Decodes the prompts once with a large tree (``--nodes``), recording every step's nodes in the order the tree
+keeps them (best first: its first n nodes are the n-node tree) with the head's log q of each node's prefix, and the
+path greedy verification accepted. Because verification is lossless, the decoded text does not depend on the tree,
+so cutting a recorded tree to its first n nodes replays what an n-node tree would have accepted at that step: the
+accepted path's leading nodes with index <= n. Three policies are replayed on the same steps:
+
+- fixed n: every step verifies n nodes;
+- sized: each step keeps the n maximising (1 + s sum_{i <= n} q_i) / (cost(n + 1) + draft), the rule of
+  ``speculative_tree_auto`` (tjdnet.decoding.tree_size), with s the accepted / expected ratio over all steps;
+- oracle: each step keeps the n that maximises its own accepted tokens per millisecond, knowing the path.
+
+Times come from a linear model of a step, fitted to measured loops (benchmarks/tree_shapes.py): an `ar` step of
+``--ar_ms``, a verifying pass ``--token_ms`` dearer per token beyond the first, plus ``--draft_ms`` of drafting and
+bookkeeping per tree step (the defaults fit MT-Bench's 8x4, 12x4 and 16x4 loops on a 2-core AMD EPYC to ~0.5 ms).
+Printed: tau (tokens per step) and the modelled speedup over `ar` of each policy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+
+import real_prompts
+
+from tjdnet.decoding import mode_arguments
+
+GENERATE = importlib.import_module("tjdnet.decoding.generate")
+
+
+def record(model, tokenizer, prompts, nodes: int, topk: int, max_new_tokens: int) -> list[dict]:
+    """[{"log_q": node scores best first, "path": accepted node indices from depth 1}] for every tree step."""
+    steps, last = [], {}
+    build, accept = GENERATE.build_draft_tree, GENERATE.greedy_accept_tree
+
+    def recording_build(*args, **kwargs):
+        last["tree"] = build(*args, **kwargs)
+        return last["tree"]
+
+    def recording_accept(tokens, parents, log_p, depth):
+        path, n_accepted, after = accept(tokens, parents, log_p, depth)
+        steps.append({"log_q": last["tree"].log_q[0].tolist(), "path": path[0, 1 : int(n_accepted[0]) + 1].tolist()})
+        return path, n_accepted, after
+
+    GENERATE.build_draft_tree, GENERATE.greedy_accept_tree = recording_build, recording_accept
+    try:
+        for ids in prompts:
+            kwargs = mode_arguments("speculative_tree", nodes, topk)
+            model.generate(ids, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id, **kwargs)
+    finally:
+        GENERATE.build_draft_tree, GENERATE.greedy_accept_tree = build, accept
+    return steps
+
+
+def accepted(step: dict, n: int) -> int:
+    """Drafted tokens the first n nodes of the step's tree accept: the path's leading nodes among them."""
+    count = 0
+    for node in step["path"]:
+        if node > n:
+            break
+        count += 1
+    return count
+
+
+def replay(steps: list[dict], sizes: list[int], step_ms) -> dict:
+    """tau and tokens per millisecond when step i verifies sizes[i] nodes."""
+    tokens = sum(1 + accepted(step, n) for step, n in zip(steps, sizes, strict=True))
+    return {"tau": tokens / len(steps), "tokens_per_ms": tokens / sum(step_ms(n) for n in sizes)}
+
+
+def sized(step: dict, calibration: float, step_ms) -> int:
+    """The sizer's choice for one step: the n with the best expected tokens per millisecond."""
+    expected, best, best_n = 0.0, -1.0, 1
+    for n, log_q in enumerate(step["log_q"], start=1):
+        expected += math.exp(log_q)
+        rate = (1 + calibration * expected) / step_ms(n)
+        if rate > best:
+            best, best_n = rate, n
+    return best_n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    real_prompts.add_arguments(parser)
+    parser.add_argument("--nodes", type=int, default=32, help="the recorded tree's size")
+    parser.add_argument("--topk", type=int, default=4)
+    parser.add_argument("--ar_ms", type=float, default=26.4, help="an ar step, ms")
+    parser.add_argument("--token_ms", type=float, default=0.6, help="a verifying pass's cost per extra token, ms")
+    parser.add_argument("--draft_ms", type=float, default=3.5, help="drafting and bookkeeping per tree step, ms")
+    parser.add_argument("--out", help="write the report as JSON here")
+    args = parser.parse_args()
+    model, tokenizer, prompts = real_prompts.load(args)
+    steps = record(model, tokenizer, prompts, args.nodes, args.topk, args.max_new_tokens)
+
+    def step_ms(n: int) -> float:
+        return args.ar_ms + args.token_ms * n + args.draft_ms
+
+    ar_rate = 1 / args.ar_ms
+    report = {}
+    for n in sorted({n for n in (1, 2, 4, 6, 8, 10, 12, 16, 24) if n < args.nodes} | {args.nodes}):
+        report[f"fixed {n}"] = replay(steps, [n] * len(steps), step_ms)
+    expected = sum(sum(math.exp(v) for v in s["log_q"][:8]) for s in steps)
+    calibration = sum(accepted(s, 8) for s in steps) / expected
+    report["sized"] = replay(steps, [sized(s, calibration, step_ms) for s in steps], step_ms)
+    best = [max(range(1, len(s["log_q"]) + 1), key=lambda n, s=s: (1 + accepted(s, n)) / step_ms(n)) for s in steps]
+    report["oracle"] = replay(steps, best, step_ms)
+    for name, row in report.items():
+        row["speedup_vs_ar"] = row.pop("tokens_per_ms") / ar_rate
+        print(f"{args.dataset} {name:9s} tau {row['tau']:.3f}  modelled {row['speedup_vs_ar']:.3f}x")
+    payload = {"args": vars(args), "steps": len(steps), "calibration_at_8": calibration, "report": report}
+    print(json.dumps(payload))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(payload, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
