@@ -14,6 +14,9 @@ accepted path's leading nodes with index <= n. Three policies are replayed on th
   ``speculative_tree_auto`` (tjdnet.decoding.tree_size), with s the accepted / expected ratio over all steps;
 - oracle: each step keeps the n that maximises its own accepted tokens per millisecond, knowing the path.
 
+Also printed: the steps bucketed by the verifier's probability of their root token (known before drafting), with
+what 8 nodes accepted in each: whether the verifier's own certainty could tell the long steps.
+
 Times come from a linear model of a step, fitted to measured loops (benchmarks/tree_shapes.py): an `ar` step of
 ``--ar_ms``, a verifying pass ``--token_ms`` dearer per token beyond the first, plus ``--draft_ms`` of drafting and
 bookkeeping per tree step (the defaults fit MT-Bench's 8x4, 12x4 and 16x4 loops on a 2-core AMD EPYC to ~0.5 ms).
@@ -35,7 +38,9 @@ GENERATE = importlib.import_module("tjdnet.decoding.generate")
 
 
 def record(model, tokenizer, prompts, nodes: int, topk: int, max_new_tokens: int) -> list[dict]:
-    """[{"log_q": node scores best first, "path": accepted node indices from depth 1}] for every tree step."""
+    """[{"log_q": node scores best first, "path": accepted node indices from depth 1, "root_p": the verifier's
+    probability of the step's root token (known before the step; None at a prompt's first step)}] for every tree
+    step."""
     steps, last = [], {}
     build, accept = GENERATE.build_draft_tree, GENERATE.greedy_accept_tree
 
@@ -45,12 +50,17 @@ def record(model, tokenizer, prompts, nodes: int, topk: int, max_new_tokens: int
 
     def recording_accept(tokens, parents, log_p, depth):
         path, n_accepted, after = accept(tokens, parents, log_p, depth)
-        steps.append({"log_q": last["tree"].log_q[0].tolist(), "path": path[0, 1 : int(n_accepted[0]) + 1].tolist()})
+        end = int(n_accepted[0])
+        steps.append(
+            {"log_q": last["tree"].log_q[0].tolist(), "path": path[0, 1 : end + 1].tolist(), "root_p": last["root_p"]}
+        )
+        last["root_p"] = float(log_p[0, path[0, end]].float().softmax(-1).max())  # the next step's root
         return path, n_accepted, after
 
     GENERATE.build_draft_tree, GENERATE.greedy_accept_tree = recording_build, recording_accept
     try:
         for ids in prompts:
+            last["root_p"] = None
             kwargs = mode_arguments("speculative_tree", nodes, topk)
             model.generate(ids, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id, **kwargs)
     finally:
@@ -72,6 +82,20 @@ def replay(steps: list[dict], sizes: list[int], step_ms) -> dict:
     """tau and tokens per millisecond when step i verifies sizes[i] nodes."""
     tokens = sum(1 + accepted(step, n) for step, n in zip(steps, sizes, strict=True))
     return {"tau": tokens / len(steps), "tokens_per_ms": tokens / sum(step_ms(n) for n in sizes)}
+
+
+def by_root_confidence(steps: list[dict], n: int, edges=(0.0, 0.3, 0.5, 0.7, 0.9, 0.97)) -> list[dict]:
+    """Per bucket of the verifier's probability of the root: steps, mean tokens the first n nodes accept, and
+    accepted / expected under the head's scores (does the verifier's own certainty tell the long steps?)."""
+    rows = []
+    for low, high in zip(edges, (*edges[1:], 1.01), strict=True):
+        chosen = [s for s in steps if s["root_p"] is not None and low <= s["root_p"] < high]
+        if chosen:
+            took = sum(accepted(s, n) for s in chosen)
+            expected = sum(sum(math.exp(v) for v in s["log_q"][:n]) for s in chosen)
+            rows.append({"root_p": [low, high], "steps": len(chosen), "accepted": took / len(chosen),
+                         "calibration": took / expected})  # fmt: skip
+    return rows
 
 
 def sized(step: dict, calibration: float, step_ms) -> int:
@@ -113,7 +137,15 @@ def main() -> None:
     for name, row in report.items():
         row["speedup_vs_ar"] = row.pop("tokens_per_ms") / ar_rate
         print(f"{args.dataset} {name:9s} tau {row['tau']:.3f}  modelled {row['speedup_vs_ar']:.3f}x")
-    payload = {"args": vars(args), "steps": len(steps), "calibration_at_8": calibration, "report": report}
+    buckets = by_root_confidence(steps, 8)
+    for row in buckets:
+        low, high = row["root_p"]
+        print(f"root p in [{low:.2f}, {high:.2f}): {row['steps']} steps, {row['accepted']:.2f} accepted of 8 nodes, "
+              f"calibration {row['calibration']:.2f}")  # fmt: skip
+    payload = {
+        "args": vars(args), "steps": len(steps), "calibration_at_8": calibration, "report": report,
+        "by_root_confidence_at_8": buckets,
+    }  # fmt: skip
     print(json.dumps(payload))
     if args.out:
         with open(args.out, "w") as f:
