@@ -14,8 +14,9 @@ accepted path's leading nodes with index <= n. Three policies are replayed on th
   ``speculative_tree_auto`` (tjdnet.decoding.tree_size), with s the accepted / expected ratio over all steps;
 - oracle: each step keeps the n that maximises its own accepted tokens per millisecond, knowing the path.
 
-Also printed: the steps bucketed by the verifier's probability of their root token (known before drafting), with
-what 8 nodes accepted in each: whether the verifier's own certainty could tell the long steps.
+Also printed: the nodes bucketed by their score q, with how often each bucket lay on the accepted path (whether
+the head is calibrated node by node), and the steps bucketed by the verifier's probability of their root token
+(known before drafting), with what 8 nodes accepted in each (whether the verifier's certainty tells long steps).
 
 Times come from a linear model of a step, fitted to measured loops (benchmarks/tree_shapes.py): an `ar` step of
 ``--ar_ms``, a verifying pass ``--token_ms`` dearer per token beyond the first, plus ``--draft_ms`` of drafting and
@@ -40,7 +41,7 @@ GENERATE = importlib.import_module("tjdnet.decoding.generate")
 def record(model, tokenizer, prompts, nodes: int, topk: int, max_new_tokens: int) -> list[dict]:
     """[{"log_q": node scores best first, "path": accepted node indices from depth 1, "root_p": the verifier's
     probability of the step's root token (known before the step; None at a prompt's first step)}] for every tree
-    step."""
+    step, the prompts decoded one at a time."""
     steps, last = [], {}
     build, accept = GENERATE.build_draft_tree, GENERATE.greedy_accept_tree
 
@@ -98,6 +99,18 @@ def by_root_confidence(steps: list[dict], n: int, edges=(0.0, 0.3, 0.5, 0.7, 0.9
     return rows
 
 
+def by_node_score(steps: list[dict], edges=(0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)) -> list[dict]:
+    """Per bucket of a node's score q (the head's probability of its prefix): nodes, mean q, and how often the
+    node lay on the accepted path (a calibrated head: as often as q)."""
+    rows, scores = [], [(math.exp(v), i in s["path"]) for s in steps for i, v in enumerate(s["log_q"], start=1)]
+    for low, high in zip(edges, (*edges[1:], 1.01), strict=True):
+        chosen = [(q, hit) for q, hit in scores if low <= q < high]
+        if chosen:
+            rows.append({"q": [low, high], "nodes": len(chosen), "mean_q": sum(q for q, _ in chosen) / len(chosen),
+                         "on_path": sum(hit for _, hit in chosen) / len(chosen)})  # fmt: skip
+    return rows
+
+
 def sized(step: dict, calibration: float, step_ms) -> int:
     """The sizer's choice for one step: the n with the best expected tokens per millisecond."""
     expected, best, best_n = 0.0, -1.0, 1
@@ -142,9 +155,13 @@ def main() -> None:
         low, high = row["root_p"]
         print(f"root p in [{low:.2f}, {high:.2f}): {row['steps']} steps, {row['accepted']:.2f} accepted of 8 nodes, "
               f"calibration {row['calibration']:.2f}")  # fmt: skip
+    nodes = by_node_score(steps)
+    for row in nodes:
+        print(f"node q in [{row['q'][0]:.2f}, {row['q'][1]:.2f}): {row['nodes']} nodes, mean q {row['mean_q']:.3f}, "
+              f"on the accepted path {row['on_path']:.3f}")  # fmt: skip
     payload = {
         "args": vars(args), "steps": len(steps), "calibration_at_8": calibration, "report": report,
-        "by_root_confidence_at_8": buckets,
+        "by_root_confidence_at_8": buckets, "by_node_score": nodes,
     }  # fmt: skip
     print(json.dumps(payload))
     if args.out:
