@@ -26,7 +26,7 @@ from tjdnet.model import TJDModel
 
 GENERATE = importlib.import_module("tjdnet.decoding.generate")
 PARTS = {
-    "backbone": ("model", "hidden_states"),
+    "backbone": ("model", "features"),
     "next_token_head": ("model", "next_token_logits"),
     "joint_head": ("head_class", "forward"),
     "chain_draft": ("drafts", "draft"),  # choosing the chain's tokens from the head's distribution
