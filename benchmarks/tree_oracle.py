@@ -85,6 +85,11 @@ def replay(steps: list[dict], sizes: list[int], step_ms) -> dict:
     return {"tau": tokens / len(steps), "tokens_per_ms": tokens / sum(step_ms(n) for n in sizes)}
 
 
+def calibration(steps: list[dict], n: int) -> float:
+    """Accepted / expected drafted tokens of the steps' first n nodes, expected under the head's scores."""
+    return sum(accepted(s, n) for s in steps) / sum(sum(math.exp(v) for v in s["log_q"][:n]) for s in steps)
+
+
 def by_root_confidence(steps: list[dict], n: int, edges=(0.0, 0.3, 0.5, 0.7, 0.9, 0.97)) -> list[dict]:
     """Per bucket of the verifier's probability of the root: steps, mean tokens the first n nodes accept, and
     accepted / expected under the head's scores (does the verifier's own certainty tell the long steps?)."""
@@ -92,10 +97,9 @@ def by_root_confidence(steps: list[dict], n: int, edges=(0.0, 0.3, 0.5, 0.7, 0.9
     for low, high in zip(edges, (*edges[1:], 1.01), strict=True):
         chosen = [s for s in steps if s["root_p"] is not None and low <= s["root_p"] < high]
         if chosen:
-            took = sum(accepted(s, n) for s in chosen)
-            expected = sum(sum(math.exp(v) for v in s["log_q"][:n]) for s in chosen)
-            rows.append({"root_p": [low, high], "steps": len(chosen), "accepted": took / len(chosen),
-                         "calibration": took / expected})  # fmt: skip
+            took = sum(accepted(s, n) for s in chosen) / len(chosen)
+            rows.append({"root_p": [low, high], "steps": len(chosen), "accepted": took,
+                         "calibration": calibration(chosen, n)})  # fmt: skip
     return rows
 
 
@@ -111,12 +115,13 @@ def by_node_score(steps: list[dict], edges=(0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3
     return rows
 
 
-def sized(step: dict, calibration: float, step_ms) -> int:
-    """The sizer's choice for one step: the n with the best expected tokens per millisecond."""
+def sized(step: dict, scale: float, step_ms) -> int:
+    """The sizer's choice for one step: the n with the best expected tokens per millisecond, the head's expected
+    tokens scaled by ``scale`` (its :func:`calibration`)."""
     expected, best, best_n = 0.0, -1.0, 1
     for n, log_q in enumerate(step["log_q"], start=1):
         expected += math.exp(log_q)
-        rate = (1 + calibration * expected) / step_ms(n)
+        rate = (1 + scale * expected) / step_ms(n)
         if rate > best:
             best, best_n = rate, n
     return best_n
@@ -142,9 +147,8 @@ def main() -> None:
     report = {}
     for n in sorted({n for n in (1, 2, 4, 6, 8, 10, 12, 16, 24) if n < args.nodes} | {args.nodes}):
         report[f"fixed {n}"] = replay(steps, [n] * len(steps), step_ms)
-    expected = sum(sum(math.exp(v) for v in s["log_q"][:8]) for s in steps)
-    calibration = sum(accepted(s, 8) for s in steps) / expected
-    report["sized"] = replay(steps, [sized(s, calibration, step_ms) for s in steps], step_ms)
+    at_8 = calibration(steps, 8)
+    report["sized"] = replay(steps, [sized(s, at_8, step_ms) for s in steps], step_ms)
     best = [max(range(1, len(s["log_q"]) + 1), key=lambda n, s=s: (1 + accepted(s, n)) / step_ms(n)) for s in steps]
     report["oracle"] = replay(steps, best, step_ms)
     for name, row in report.items():
@@ -160,7 +164,7 @@ def main() -> None:
         print(f"node q in [{row['q'][0]:.2f}, {row['q'][1]:.2f}): {row['nodes']} nodes, mean q {row['mean_q']:.3f}, "
               f"on the accepted path {row['on_path']:.3f}")  # fmt: skip
     payload = {
-        "args": vars(args), "steps": len(steps), "calibration_at_8": calibration, "report": report,
+        "args": vars(args), "steps": len(steps), "calibration_at_8": at_8, "report": report,
         "by_root_confidence_at_8": buckets, "by_node_score": nodes,
     }  # fmt: skip
     print(json.dumps(payload))
