@@ -1,11 +1,11 @@
 """Where a decoding step's time goes: milliseconds per step in each part of `ar`, chain and tree steps.
 
-    python benchmarks/step_cost.py --head DIR [--dtype bfloat16] [--modes ar,speculative,tree8,tree16]
-        [--prompts 4] [--max_new_tokens 128] [--threads 2]
+    python benchmarks/step_cost.py --head DIR --dataset gsm8k [--dtype bfloat16] [--modes ar,speculative,tree8,tree16]
+        [--start 0] [--prompts 4] [--max_new_tokens 128] [--threads 2]
 
 Wraps the parts of tjdnet.decoding.generate (backbone pass, next-token head, joint head, choosing a chain's
 tokens (for `eagle`: its drafter steps), tree construction and mask, acceptance, KV-cache bookkeeping) with
-timers and decodes GSM8K dev questions from ../shared/data.
+timers and decodes GSM8K dev questions or MT-Bench first turns (benchmarks/real_prompts.py).
 """
 
 from __future__ import annotations
@@ -16,12 +16,10 @@ import importlib
 import json
 import time
 
-import torch
+import real_prompts
 
-from tjdnet.data import Example, encode_prompt
 from tjdnet.decoding import mode_arguments
 from tjdnet.heads.block import SequentialDraft
-from tjdnet.loading import load_tokenizer
 from tjdnet.model import TJDModel
 
 GENERATE = importlib.import_module("tjdnet.decoding.generate")
@@ -57,22 +55,13 @@ def instrument(model: TJDModel, totals: dict[str, float]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--head", required=True, help="a directory written by TJDModel.save_pretrained")
-    parser.add_argument("--dtype", default="bfloat16")
+    real_prompts.add_arguments(parser)
+    parser.set_defaults(prompts=4)
     parser.add_argument("--modes", default="ar,speculative,tree8,tree16", help="named modes; treeN: a tree of N")
-    parser.add_argument("--prompts", type=int, default=4)
-    parser.add_argument("--max_new_tokens", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--data", default="../shared/data/gsm8k/dev.jsonl")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    model = TJDModel.from_pretrained(args.head, dtype=args.dtype)
-    tokenizer = load_tokenizer(model.config.model)
-    model.eval()
+    model, tokenizer, prompts = real_prompts.load(args)
     totals: dict[str, float] = collections.defaultdict(float)
     instrument(model, totals)
-    questions = [json.loads(line)["question"] for line in open(args.data)][: args.prompts]
-    prompts = [torch.tensor([encode_prompt(tokenizer, Example(q, None))]) for q in questions]
     modes = {}
     for mode in args.modes.split(","):
         modes[mode] = mode_arguments(*(("speculative_tree", int(mode[4:])) if mode.startswith("tree") else (mode,)))
