@@ -47,7 +47,10 @@ def test_shipped_head_is_lossless(directory, dtype):
             ar = model.generate(ids, gen_mode="ar", max_new_tokens=48, eos_token_id=eos)
             chain = model.generate(ids, gen_mode="speculative", max_new_tokens=48, eos_token_id=eos)
             tree = model.generate(ids, gen_mode="speculative", tree_nodes=8, max_new_tokens=48, eos_token_id=eos)
-            assert chain.new_tokens == ar.new_tokens == tree.new_tokens
+            looked = model.generate(
+                ids, gen_mode="speculative", tree_nodes=8, tree_lookup=8, max_new_tokens=48, eos_token_id=eos
+            )
+            assert chain.new_tokens == ar.new_tokens == tree.new_tokens == looked.new_tokens
             assert chain.stats.tau > 1.0
 
 

@@ -97,7 +97,7 @@ def test_auto_sized_tree_speculative_equals_ar(kind, head, batch):
     ids, mask = ragged_prompts(batch, seed=4)
     kwargs = dict(max_new_tokens=20, eos_token_id=EOS)
     ar = model.generate(ids, mask, gen_mode="ar", **kwargs)
-    auto = model.generate(ids, mask, **mode_arguments(AUTO_TREE_MODE, tree_max_nodes=10), **kwargs)
+    auto = model.generate(ids, mask, **mode_arguments(AUTO_TREE_MODE, tree_max_nodes=10, tree_lookup=0), **kwargs)
     assert auto.new_tokens == ar.new_tokens and torch.equal(auto.sequences, ar.sequences)
     assert auto.stats.forward_passes == auto.stats.decode_steps + 1  # the cost measurement is not counted
     assert len(model.pass_costs) == 1  # measured once for this batch, outside the counted passes

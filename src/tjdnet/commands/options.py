@@ -17,6 +17,7 @@ from tjdnet.attention import ATTENTION_CHOICES
 from tjdnet.checkpoints import load_trained
 from tjdnet.checks import check_choice, check_int
 from tjdnet.decoding import (
+    DEFAULT_TREE_LOOKUP,
     DEFAULT_TREE_MAX_NODES,
     DEFAULT_TREE_NODES,
     DEFAULT_TREE_TEMPERATURE,
@@ -43,6 +44,8 @@ class DecodingOptions:
         tree_topk: prefixes expanded per tree depth.
         tree_temperature: T > 0: trees keep the most probable prefixes under the head's conditionals softened to
             q^(1/T) (T > 1: more alternatives near the root); the output is the same.
+        tree_lookup: trees also verify up to this many tokens that followed the latest earlier occurrence of the
+            text's last 2-4 tokens (prompt lookup, at no drafting cost; 0: the head's tree only).
         tree_max_nodes: largest draft tree of ``speculative_tree_auto``, which verifies, each step, as many of its
             nodes as maximise expected tokens per second on this machine.
         attention: ``exact`` (lossless in 16-bit floats), ``model`` (the model's own kernel) or ``auto`` (exact
@@ -60,6 +63,7 @@ class DecodingOptions:
     tree_nodes: int = DEFAULT_TREE_NODES
     tree_topk: int = DEFAULT_TREE_TOPK
     tree_temperature: float = DEFAULT_TREE_TEMPERATURE
+    tree_lookup: int = DEFAULT_TREE_LOOKUP
     tree_max_nodes: int = DEFAULT_TREE_MAX_NODES
     attention: str = "auto"
     draft_weights: str = "auto"
@@ -73,6 +77,7 @@ class DecodingOptions:
             ("horizon", 1),
             ("tree_nodes", 0),
             ("tree_topk", 1),
+            ("tree_lookup", 0),
             ("tree_max_nodes", 1),
             ("num_threads", 1),
         ):
@@ -98,6 +103,7 @@ class DecodingOptions:
             self.tree_max_nodes,
             self.draft_weights,
             self.tree_temperature,
+            self.tree_lookup,
         )
         return {**kwargs, "horizon": self.horizon, "max_new_tokens": self.max_new_tokens}
 

@@ -10,11 +10,13 @@ from tjdnet.decoding.generate import (
     generate,
     mode_arguments,
 )
+from tjdnet.decoding.lookup import DEFAULT_TREE_LOOKUP
 from tjdnet.decoding.stats import GenerationStats, RowStats
 from tjdnet.decoding.tree import DEFAULT_TREE_NODES, DEFAULT_TREE_TEMPERATURE, DEFAULT_TREE_TOPK
 
 __all__ = [
     "AUTO_TREE_MODE",
+    "DEFAULT_TREE_LOOKUP",
     "DEFAULT_TREE_MAX_NODES",
     "DEFAULT_TREE_NODES",
     "DEFAULT_TREE_TEMPERATURE",

@@ -17,6 +17,7 @@ from transformers import DynamicCache
 
 from tjdnet.attention import exact_attention_in, resolve_attention
 from tjdnet.decoding.acceptance import greedy_accept, greedy_accept_tree, speculative_accept
+from tjdnet.decoding.lookup import DEFAULT_TREE_LOOKUP, NgramIndex, check_tree_lookup, graft_chains
 from tjdnet.decoding.stats import GenerationStats, RowStats
 from tjdnet.decoding.tree import (
     DEFAULT_TREE_NODES,
@@ -48,16 +49,18 @@ def mode_arguments(
     tree_max_nodes: int = DEFAULT_TREE_MAX_NODES,
     draft_weights: str = "auto",
     tree_temperature: float = DEFAULT_TREE_TEMPERATURE,
+    tree_lookup: int = DEFAULT_TREE_LOOKUP,
 ) -> dict:
     """:func:`generate` keyword arguments of a named mode: a ``gen_mode``, ``speculative_tree`` (``speculative``
     verifying a draft tree of ``tree_nodes`` nodes) or ``speculative_tree_auto`` (a tree of at most
-    ``tree_max_nodes`` nodes, sized per step: ``tree_size="auto"``); ``attention``, ``draft_weights`` and
-    ``tree_temperature`` (trees only) as in :func:`generate`."""
+    ``tree_max_nodes`` nodes, sized per step: ``tree_size="auto"``); ``attention``, ``draft_weights``,
+    ``tree_temperature`` and ``tree_lookup`` (trees only) as in :func:`generate`."""
     if mode not in NAMED_MODES:
         raise ValueError(f"unknown gen_mode {mode!r}; allowed: {', '.join(NAMED_MODES)}")
     resolve_attention(attention, torch.float32)  # a bad choice fails here, before any model is loaded
     check_draft_weights(draft_weights)
     check_tree_temperature(tree_temperature)
+    check_tree_lookup(tree_lookup)
     shared = {"attention": attention, "draft_weights": draft_weights}
     if mode in (TREE_MODE, AUTO_TREE_MODE):
         auto = mode == AUTO_TREE_MODE
@@ -66,6 +69,7 @@ def mode_arguments(
             "tree_nodes": tree_max_nodes if auto else tree_nodes,
             "tree_topk": tree_topk,
             "tree_temperature": tree_temperature,
+            "tree_lookup": tree_lookup,
             "tree_size": "auto" if auto else "fixed",
             **shared,
         }
@@ -145,8 +149,11 @@ def _slots(states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 class _Output:
     """Collects accepted tokens per row, applies EOS and ``max_new_tokens``, and streams them."""
 
-    def __init__(self, batch: int, max_new_tokens: int, eos: set[int], streamer) -> None:
+    def __init__(
+        self, batch: int, max_new_tokens: int, eos: set[int], streamer, texts: list[NgramIndex] | None = None
+    ) -> None:
         self.tokens: list[list[int]] = [[] for _ in range(batch)]
+        self.texts = texts  # each row's prompt and output so far, indexed for lookup drafts
         self.finished = [max_new_tokens == 0] * batch
         self.max_new_tokens = max_new_tokens
         self.eos = eos
@@ -164,6 +171,8 @@ class _Output:
                 self.finished[row] = True
                 break
         self.tokens[row].extend(taken)
+        if self.texts is not None:
+            self.texts[row].extend(taken)
         if self.remaining(row) == 0:
             self.finished[row] = True
         if self.streamer is not None and taken:
@@ -172,10 +181,19 @@ class _Output:
 
 
 def _validate_tree(
-    tree_nodes: int, tree_topk: int, tree_temperature: float, tree_size: str, gen_mode: str, do_sample: bool
+    tree_nodes: int,
+    tree_topk: int,
+    tree_temperature: float,
+    tree_size: str,
+    gen_mode: str,
+    do_sample: bool,
+    tree_lookup: int = 0,
 ) -> None:
     check_tree_size(tree_size)
     check_tree_temperature(tree_temperature)
+    check_tree_lookup(tree_lookup)
+    if tree_lookup and not tree_nodes:
+        raise ValueError(f"tree_lookup={tree_lookup} grafts onto a draft tree: use it with tree_nodes >= 1")
     if tree_size == "auto" and not (isinstance(tree_nodes, int) and tree_nodes >= 1):
         raise ValueError(f"tree_size='auto' needs tree_nodes >= 1 (the largest tree), not {tree_nodes!r}")
     if not isinstance(tree_nodes, int) or tree_nodes < 0:
@@ -305,6 +323,7 @@ def generate(
     tree_topk: int = DEFAULT_TREE_TOPK,
     tree_size: str = "fixed",
     tree_temperature: float = DEFAULT_TREE_TEMPERATURE,
+    tree_lookup: int = 0,
     attention: str = "auto",
     draft_weights: str = "auto",
 ) -> GenerationOutput:
@@ -333,6 +352,9 @@ def generate(
         tree_temperature: T > 0: a tree keeps the most probable prefixes under the head's conditionals softened to
             q^(1/T); T > 1 keeps more alternatives near the root, for a head less sure on these prompts than it
             claims (:func:`~tjdnet.decoding.tree.build_draft_tree`). Verification, hence the output, is the same.
+        tree_lookup: N > 0: each tree step also verifies up to N tokens that followed the latest earlier occurrence
+            of the text's last 2-4 tokens (prompt and output), grafted onto the tree (prompt lookup decoding,
+            :mod:`tjdnet.decoding.lookup`): long runs where the text repeats itself, at no drafting cost.
         tree_size: ``fixed`` verifies all ``tree_nodes`` nodes; ``auto`` keeps, each step, the number of them that
             maximises expected tokens per second, from the head's own probabilities and the time of a verifying
             pass of each width, measured on this machine the first time a model decodes a batch of this size
@@ -372,7 +394,7 @@ def generate(
         input_ids, attention_mask = left_aligned(input_ids, attention_mask, pad_ids)
     horizon = _validate(model, input_ids, attention_mask, gen_mode, max_new_tokens, horizon, streamer)
     config = SamplingConfig(do_sample, settings["temperature"], settings["top_k"], settings["top_p"])
-    _validate_tree(tree_nodes, tree_topk, tree_temperature, tree_size, gen_mode, do_sample)
+    _validate_tree(tree_nodes, tree_topk, tree_temperature, tree_size, gen_mode, do_sample, tree_lookup)
     exact = resolve_attention(attention, next(model.lm.parameters()).dtype)
     int8 = resolve_draft_weights(draft_weights, gen_mode, model.head)
     if verify_with_base and not model.has_lora:
@@ -380,7 +402,13 @@ def generate(
     if pad_token_id is None:
         pad_token_id = min(eos) if eos else 0
     batch = input_ids.shape[0]
-    out = _Output(batch, max_new_tokens, eos, streamer)
+    texts = None
+    if tree_lookup and isinstance(input_ids, torch.Tensor):
+        real = (
+            input_ids.new_ones(input_ids.shape, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        )
+        texts = [NgramIndex(ids[keep].tolist()) for ids, keep in zip(input_ids, real, strict=True)]
+    out = _Output(batch, max_new_tokens, eos, streamer, texts)
     stats = GenerationStats(gen_mode=gen_mode, rows=[RowStats() for _ in range(batch)], horizon=horizon)
     stats.reached, stats.accepted_at = [0] * (horizon - 1), [0] * (horizon - 1)
     if streamer is not None:
@@ -436,6 +464,7 @@ def generate(
             _speculative_loop(
                 model, rows, hidden, pending, config, draft_len, out, stats, forward, generator, tree_nodes, tree_topk,
                 verify=gen_mode != "draft_anchored", sizer=sizer, window=window, tree_temperature=tree_temperature,
+                tree_lookup=tree_lookup,
             )  # fmt: skip
     stats.decode_time_s = time.perf_counter() - start - stats.prefill_time_s
     return _finish(input_ids, out, stats, pad_token_id, streamer)
@@ -485,9 +514,11 @@ def _speculative_loop(
     sizer: TreeSizer | None = None,
     window: Window | None = None,
     tree_temperature: float = DEFAULT_TREE_TEMPERATURE,
+    tree_lookup: int = 0,
 ) -> None:
-    """Commit the verifier's pending token, draft after it (a chain, or a tree of ``tree_nodes`` nodes),
-    verify the draft in one pass; repeat. ``window``: the rows' context windows, for a head that reads them.
+    """Commit the verifier's pending token, draft after it (a chain, or a tree of ``tree_nodes`` nodes with up to
+    ``tree_lookup`` lookup tokens grafted on), verify the draft in one pass; repeat. ``window``: the rows' context
+    windows, for a head that reads them.
 
     ``draft_len = 0`` is plain autoregressive decoding. ``verify=False`` (``draft_anchored``) takes every drafted
     token unchecked: each pass then emits the next-token head's token and ``draft_len`` tokens of the joint head
@@ -506,13 +537,16 @@ def _speculative_loop(
         k = min(draft_len, max(out.remaining(r) for r in rows.index.tolist()) - 1)
         if k > 0 and tree_nodes > 0:
             tree = (tree_nodes, tree_topk, tree_temperature)
-            step = _tree_step(model, rows, hidden, pending, k, tree, forward, sizer, window)
+            chains = None
+            if tree_lookup and out.texts is not None:
+                chains = [out.texts[r].propose(min(tree_lookup, out.remaining(r) - 1)) for r in rows.index.tolist()]
+            step = _tree_step(model, rows, hidden, pending, k, tree, forward, sizer, window, chains)
         else:
             step = _chain_step(model, rows, hidden, pending, k, config, forward, generator, verify, window)
         if window is not None:  # the positions this step kept: the last one before it, then those it fed
-            kept = torch.arange(k + 1, device=hidden.device)[None] <= step.n_accepted[:, None]
+            kept = torch.arange(step.depth + 1, device=hidden.device)[None] <= step.n_accepted[:, None]
             window = window.push(
-                torch.cat([hidden[:, None], step.path_hidden[:, :k]], dim=1),
+                torch.cat([hidden[:, None], step.path_hidden[:, : step.depth]], dim=1),
                 torch.cat([pending[:, None], step.accepted], dim=1),
                 kept,
             )
@@ -528,6 +562,7 @@ def _speculative_loop(
             if k > 0 and verify:
                 row.drafted += step.drafted
                 row.accepted += n
+                row.lookup_accepted += int(step.lookup_accepted[a]) if step.lookup_accepted is not None else 0
                 row.accepted_lengths.append(n)
                 for i in range(min(n + 1, k)):
                     stats.reached[i] += 1
@@ -547,7 +582,8 @@ class _Step:
     """One verified step: ``n_accepted`` (A,) of the ``accepted`` (A, k) drafted tokens were taken, ``pending``
     (A,) is the verifier's next token, ``path_hidden`` (A, k + 1, F) the head's inputs at the fed positions along
     the accepted path (the first n_accepted + 1 of them kept), ``drafted`` the number of drafted tokens fed per
-    row, ``draft_s`` the seconds spent drafting them."""
+    row, ``draft_s`` the seconds spent drafting them, ``lookup_accepted`` (A,) how many of the accepted tokens only
+    a lookup chain had drafted (None without one)."""
 
     accepted: torch.Tensor
     n_accepted: torch.Tensor
@@ -555,6 +591,12 @@ class _Step:
     path_hidden: torch.Tensor
     drafted: int
     draft_s: float = 0.0
+    lookup_accepted: torch.Tensor | None = None
+
+    @property
+    def depth(self) -> int:
+        """k, the longest acceptable run: the draft's depth."""
+        return self.accepted.shape[1]
 
     @property
     def hidden(self) -> torch.Tensor:
@@ -591,25 +633,37 @@ def _chain_step(model, rows, hidden, pending, k, config, forward, generator, ver
     return _Step(draft, n_accepted, pending, step_hidden, k, draft_s)
 
 
-def _tree_step(model, rows, hidden, pending, k, shape, forward, sizer=None, window=None) -> _Step:
+def _tree_step(model, rows, hidden, pending, k, shape, forward, sizer=None, window=None, chains=None) -> _Step:
     """Draft a tree of ``shape`` = (nodes, topk, temperature) (:func:`build_draft_tree`; depth <= k) after
-    ``pending`` and verify it greedily (the first nodes of it, as many as ``sizer`` chooses, when given)."""
+    ``pending`` and verify it greedily (the first nodes of it, as many as ``sizer`` chooses, when given), with
+    each row's lookup chain in ``chains`` grafted on (:func:`graft_chains`; the step's depth is then the deepest
+    node's)."""
     start = time.perf_counter()
     block = _head_block(model.head, hidden, k + 1, pending, window)
     tree = build_draft_tree(block, pending, k, *shape)
     draft_s = time.perf_counter() - start
     if sizer is not None:
         tree = sizer.choose(tree, draft_s)
+    head_nodes = tree.size
+    if chains is not None:
+        start = time.perf_counter()
+        tree = graft_chains(tree, chains)
+        k = max(k, int(tree.depths.max()))
+        draft_s += time.perf_counter() - start
     start = time.perf_counter()
     mask, positions = rows.tree_inputs(tree, hidden.dtype)
     step_hidden, log_p = forward(torch.cat([pending[:, None], tree.tokens], dim=1), mask, positions)
     path, n_accepted, pending = greedy_accept_tree(tree.tokens, tree.parents, log_p, k)
-    if sizer is not None:
-        sizer.observe(tree, time.perf_counter() - start, n_accepted)
+    lookup_accepted = None
+    if chains is not None:  # once the path leaves the head's nodes it stays on a chain's
+        lookup_accepted = ((path[:, 1:] > head_nodes) & (path[:, 1:] != path[:, :-1])).sum(dim=1)
+    if sizer is not None:  # the head's own part: the tokens its nodes carried, against its scores
+        head_accepted = n_accepted if lookup_accepted is None else n_accepted - lookup_accepted
+        sizer.observe(tree, time.perf_counter() - start, head_accepted)
     accepted = tree.tokens.gather(1, (path[:, 1:] - 1).clamp_min(0))  # (A, k) tokens along the path
     rows.keep_path(tree.size + 1, path, n_accepted + 1)
     along = path.clamp_min(0)[..., None].expand(-1, -1, step_hidden.shape[-1])
-    return _Step(accepted, n_accepted, pending, step_hidden.gather(1, along), tree.size, draft_s)
+    return _Step(accepted, n_accepted, pending, step_hidden.gather(1, along), tree.size, draft_s, lookup_accepted)
 
 
 def _draft_loop(model, rows, hidden, config, horizon, out, stats, forward, generator, window=None) -> None:

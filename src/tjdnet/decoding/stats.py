@@ -11,12 +11,14 @@ class RowStats:
 
     ``forward_passes`` counts the backbone passes this row took part in (prefill included), so
     ``tau = new_tokens / forward_passes`` is 1.0 for plain decoding and counts the bonus token.
+    ``lookup_accepted`` counts the accepted drafted tokens that only a lookup chain proposed (``tree_lookup``).
     """
 
     new_tokens: int = 0
     forward_passes: int = 0
     drafted: int = 0
     accepted: int = 0
+    lookup_accepted: int = 0
     accepted_lengths: list[int] = field(default_factory=list)
 
     @property
@@ -79,8 +81,9 @@ class GenerationStats:
 
     @property
     def accepted_length_histogram(self) -> list[int]:
-        """How many verification steps accepted 0, 1, ..., H-1 drafted tokens."""
-        hist = [0] * max(self.horizon, 1)
+        """How many verification steps accepted 0, 1, ..., H-1 drafted tokens (more with lookup chains)."""
+        longest = max((n for row in self.rows for n in row.accepted_lengths), default=0)
+        hist = [0] * max(self.horizon, longest + 1)
         for row in self.rows:
             for n in row.accepted_lengths:
                 hist[n] += 1

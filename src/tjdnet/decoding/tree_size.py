@@ -71,8 +71,11 @@ class PassCost:
         return monotone_fit(self.seconds)[tokens.long() - 1]
 
     def observe(self, tokens: int, seconds: float, smoothing: float = 0.9) -> None:
-        """Move the cost of ``tokens``-wide passes towards a pass just timed (a running mean)."""
+        """Move the cost of ``tokens``-wide passes towards a pass just timed (a running mean); passes wider than
+        ``max_tokens`` (a tree with lookup chains grafted on) are not learned from."""
         index = tokens - 1
+        if index >= self.max_tokens:
+            return
         self.seconds[index] = smoothing * self.seconds[index] + (1 - smoothing) * seconds
 
 

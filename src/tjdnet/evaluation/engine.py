@@ -40,6 +40,7 @@ class ModeResult:
     row_passes: int = 0
     drafted: int = 0
     accepted: int = 0
+    lookup_accepted: int = 0
     prefill_time_s: float = 0.0
     decode_time_s: float = 0.0
     decode_steps: int = 0
@@ -59,6 +60,7 @@ class ModeResult:
         self.row_passes += sum(r.forward_passes for r in stats.rows)
         self.drafted += sum(r.drafted for r in stats.rows)
         self.accepted += sum(r.accepted for r in stats.rows)
+        self.lookup_accepted += sum(r.lookup_accepted for r in stats.rows)
         self.prefill_time_s += stats.prefill_time_s
         self.decode_time_s += stats.decode_time_s
         self.decode_steps += stats.decode_steps
@@ -217,6 +219,7 @@ def summarise(runs: list[dict[str, ModeResult]], num_prompts: int) -> dict[str, 
             "forward_passes": result.forward_passes,
             "tau": result.new_tokens / result.row_passes if result.row_passes else 0.0,
             "acceptance_rate": result.accepted / result.drafted if drafted else None,
+            "lookup_share": result.lookup_accepted / result.accepted if result.accepted else None,
             "per_position_acceptance": acceptance_by_position(result.accepted_at, result.reached) if drafted else [],
             "accepted_length_histogram": result.histogram if drafted else [],
             "drafted_per_step": result.drafted / max(sum(result.histogram), 1) if drafted else None,
