@@ -230,7 +230,7 @@ def main() -> None:
         generators = {"ar": partial(base.generate, gen_mode="ar", **decode())}
         generators |= {n: partial(m.generate, gen_mode="speculative", **decode()) for n, m in models.items()}
         if args.tree_nodes:
-            tree = mode_arguments("speculative_tree", args.tree_nodes, args.tree_topk)
+            tree = mode_arguments("speculative_tree", args.tree_nodes, args.tree_topk, tree_lookup=0)
             generators |= {f"{n}/tree": partial(m.generate, **tree, **decode()) for n, m in models.items()}
         with torch.inference_mode():
             evaluation = run_modes(

@@ -5,7 +5,8 @@
 
 Wraps the parts of tjdnet.decoding.generate (backbone pass, next-token head, joint head, choosing a chain's
 tokens (for `eagle`: its drafter steps), tree construction and mask, acceptance, KV-cache bookkeeping) with
-timers and decodes GSM8K dev questions or MT-Bench first turns (benchmarks/real_prompts.py).
+timers and decodes GSM8K dev questions or MT-Bench first turns (benchmarks/real_prompts.py). ``treeN`` is the
+head's N-node tree alone, ``treeN+L`` with lookup chains of up to L tokens grafted on (``tree_lookup``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ PARTS = {
     "joint_head": ("head_class", "forward"),
     "chain_draft": ("drafts", "draft"),  # choosing the chain's tokens from the head's distribution
     "tree": ("generate", "build_draft_tree"),
+    "lookup_graft": ("generate", "graft_chains"),  # lookup chains merged into the tree (treeN+L)
     "tree_mask": ("generate", "tree_attention_mask"),
     "accept": ("generate", "greedy_accept"),
     "accept_tree": ("generate", "greedy_accept_tree"),
@@ -57,14 +59,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     real_prompts.add_arguments(parser)
     parser.set_defaults(prompts=4)
-    parser.add_argument("--modes", default="ar,speculative,tree8,tree16", help="named modes; treeN: a tree of N")
+    parser.add_argument(
+        "--modes", default="ar,speculative,tree8,tree16", help="named modes; treeN: a tree of N, treeN+L: with lookup"
+    )
     args = parser.parse_args()
     model, tokenizer, prompts = real_prompts.load(args)
     totals: dict[str, float] = collections.defaultdict(float)
     instrument(model, totals)
     modes = {}
     for mode in args.modes.split(","):
-        modes[mode] = mode_arguments(*(("speculative_tree", int(mode[4:])) if mode.startswith("tree") else (mode,)))
+        if mode.startswith("tree"):
+            nodes, _, lookup = mode[4:].partition("+")
+            modes[mode] = mode_arguments("speculative_tree", int(nodes), tree_lookup=int(lookup or 0))
+        else:
+            modes[mode] = mode_arguments(mode)
     model.generate(prompts[0], max_new_tokens=8)  # warm-up
     report = {}
     for mode, kwargs in modes.items():

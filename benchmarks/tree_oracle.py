@@ -62,7 +62,7 @@ def record(model, tokenizer, prompts, nodes: int, topk: int, max_new_tokens: int
     try:
         for ids in prompts:
             last["root_p"] = None
-            kwargs = mode_arguments("speculative_tree", nodes, topk)
+            kwargs = mode_arguments("speculative_tree", nodes, topk, tree_lookup=0)  # the head's nodes only
             model.generate(ids, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id, **kwargs)
     finally:
         GENERATE.build_draft_tree, GENERATE.greedy_accept_tree = build, accept

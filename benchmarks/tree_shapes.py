@@ -3,8 +3,9 @@
     python benchmarks/tree_shapes.py --head DIR --dataset gsm8k [--prompts 30] [--shapes 8x4,12x4,16x4]
         [--auto 24x4] [--max_new_tokens 128] [--dtype bfloat16] [--threads 2]
 
-A shape NxK is `speculative_tree` with N nodes and K prefixes expanded per depth; ``--auto NxK`` adds
-`speculative_tree_auto` with at most N nodes. Each prompt is decoded once by every setting, in alternating order,
+A shape NxK is `speculative_tree` with N nodes and K prefixes expanded per depth, the head's tree alone; NxK+L also
+grafts lookup chains of up to L tokens onto it (``tree_lookup``); ``--auto NxK[+L]`` adds `speculative_tree_auto`
+with at most N nodes. Each prompt is decoded once by every setting, in alternating order,
 so host drift reaches them alike; the output is `ar`'s everywhere. Printed per setting: tau (tokens per pass, the
 prompt's included, as `tjdnet bench` counts it), decode tokens/s, speedup over `ar`, ms per step and the part of it
 spent drafting. Prompts: MT-Bench first turns or GSM8K dev questions (../shared/data or --path), formatted as
@@ -31,20 +32,24 @@ class Totals:
     draft_seconds: float = 0.0
 
 
-def _shape(text: str) -> tuple[int, int]:
-    """(nodes, per depth) of an ``NxK`` shape."""
-    nodes, topk = (int(v) for v in text.split("x"))
-    return nodes, topk
+def _shape(text: str) -> tuple[int, int, int]:
+    """(nodes, per depth, lookup tokens) of an ``NxK`` or ``NxK+L`` shape."""
+    tree, _, lookup = text.partition("+")
+    nodes, topk = (int(v) for v in tree.split("x"))
+    return nodes, topk, int(lookup or 0)
 
 
 def settings(shapes: str, auto: str | None) -> dict[str, dict]:
     """Named generate() keyword arguments: `ar`, then one per tree shape."""
     named = {"ar": mode_arguments("ar")}
     for shape in shapes.split(",") if shapes else []:
-        named[f"tree {shape}"] = mode_arguments("speculative_tree", *_shape(shape))
+        nodes, topk, lookup = _shape(shape)
+        named[f"tree {shape}"] = mode_arguments("speculative_tree", nodes, topk, tree_lookup=lookup)
     if auto:
-        nodes, topk = _shape(auto)
-        named[f"auto {auto}"] = mode_arguments("speculative_tree_auto", tree_topk=topk, tree_max_nodes=nodes)
+        nodes, topk, lookup = _shape(auto)
+        named[f"auto {auto}"] = mode_arguments(
+            "speculative_tree_auto", tree_topk=topk, tree_max_nodes=nodes, tree_lookup=lookup
+        )
     return named
 
 

@@ -3,6 +3,8 @@
     python benchmarks/tree_temperature.py --head DIR --dataset mt_bench [--start 30] [--prompts 40]
         [--temperatures 1.0,1.1,1.2,1.3] [--tree_nodes 8] [--tree_topk 4] [--dtype bfloat16] [--threads 2]
 
+(The head's trees alone: no lookup chains.)
+
 Greedy decoding is deterministic, so tau (new tokens per verifying step; `bench` also counts the prompt's pass)
 compares across temperatures without repeats or interleaving; the output is `ar`'s at every temperature.
 Prompts: MT-Bench first turns or GSM8K dev questions (the test split of `tjdnet bench --data.dataset`, from
@@ -29,7 +31,9 @@ def main() -> None:
     model, _, prompts = real_prompts.load(args)
     report = {}
     for temperature in (float(t) for t in args.temperatures.split(",")):
-        kwargs = mode_arguments("speculative_tree", args.tree_nodes, args.tree_topk, tree_temperature=temperature)
+        kwargs = mode_arguments(
+            "speculative_tree", args.tree_nodes, args.tree_topk, tree_temperature=temperature, tree_lookup=0
+        )
         tokens = passes = 0
         for ids in prompts:
             stats = model.generate(ids, max_new_tokens=args.max_new_tokens, **kwargs).stats
