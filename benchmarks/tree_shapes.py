@@ -56,7 +56,7 @@ def settings(shapes: str, auto: str | None) -> dict[str, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     real_prompts.add_arguments(parser)
-    parser.add_argument("--shapes", default="8x4,12x4,16x4", help="comma-separated NxK tree shapes")
+    parser.add_argument("--shapes", default="8x4,12x4,16x4", help="comma-separated NxK or NxK+L tree shapes")
     parser.add_argument("--auto", help="NxK: also a tree of at most N nodes sized per step")
     args = parser.parse_args()
     model, tokenizer, prompts = real_prompts.load(args)
