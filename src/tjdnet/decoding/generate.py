@@ -402,11 +402,9 @@ def generate(
     if pad_token_id is None:
         pad_token_id = min(eos) if eos else 0
     batch = input_ids.shape[0]
-    texts = None
-    if tree_lookup and isinstance(input_ids, torch.Tensor):
-        real = (
-            input_ids.new_ones(input_ids.shape, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        )
+    texts = None  # each row's prompt, indexed for lookup drafts
+    if tree_lookup:
+        real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         texts = [NgramIndex(ids[keep].tolist()) for ids, keep in zip(input_ids, real, strict=True)]
     out = _Output(batch, max_new_tokens, eos, streamer, texts)
     stats = GenerationStats(gen_mode=gen_mode, rows=[RowStats() for _ in range(batch)], horizon=horizon)
@@ -538,7 +536,7 @@ def _speculative_loop(
         if k > 0 and tree_nodes > 0:
             tree = (tree_nodes, tree_topk, tree_temperature)
             chains = None
-            if tree_lookup and out.texts is not None:
+            if out.texts is not None:
                 chains = [out.texts[r].propose(min(tree_lookup, out.remaining(r) - 1)) for r in rows.index.tolist()]
             step = _tree_step(model, rows, hidden, pending, k, tree, forward, sizer, window, chains)
         else:
