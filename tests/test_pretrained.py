@@ -63,4 +63,4 @@ def test_shipped_head_generates_from_the_command_line(tmp_path):
     ]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "[speculative]" in done.stdout and "tau=" in done.stdout
+    assert "[speculative]" in done.stdout and "tau=" in done.stdout and "lookup share=0.00" in done.stdout  # a chain

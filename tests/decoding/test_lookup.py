@@ -94,7 +94,8 @@ def test_lookup_takes_long_runs_where_the_text_repeats():
     assert torch.equal(looked.sequences, plain.sequences)
     assert looked.stats.tau > plain.stats.tau + 0.3
     assert sum(r.lookup_accepted for r in looked.stats.rows) > 0
-    assert sum(r.lookup_accepted for r in plain.stats.rows) == 0
+    assert sum(r.lookup_accepted for r in plain.stats.rows) == 0 and plain.stats.lookup_share == 0.0
+    assert 0.0 < looked.stats.lookup_share < 1.0
     histogram = looked.stats.accepted_length_histogram
     assert len(histogram) > 4 and sum(histogram[4:]) > 0  # runs longer than the head's horizon
     assert sum(histogram) == sum(len(r.accepted_lengths) for r in looked.stats.rows)

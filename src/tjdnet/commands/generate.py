@@ -72,7 +72,8 @@ def run_generate(
     s = out.stats
     print(
         f"[{gen_mode}] {s.new_tokens} tokens, {s.forward_passes} forward passes, tau={s.tau:.2f}, "
-        f"acceptance={s.acceptance_rate:.2f}, prefill={s.prefill_time_s:.3f}s, decode={s.decode_time_s:.3f}s, "
+        f"acceptance={s.acceptance_rate:.2f}, lookup share={s.lookup_share:.2f}, prefill={s.prefill_time_s:.3f}s, "
+        f"decode={s.decode_time_s:.3f}s, "
         f"{s.tokens_per_s:.1f} tokens/s"
     )
     return out

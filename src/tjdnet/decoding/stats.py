@@ -74,6 +74,12 @@ class GenerationStats:
         return sum(r.accepted for r in self.rows) / drafted if drafted else 0.0
 
     @property
+    def lookup_share(self) -> float:
+        """The share of accepted draft tokens that only a lookup chain proposed (0.0 when none was accepted)."""
+        accepted = sum(r.accepted for r in self.rows)
+        return sum(r.lookup_accepted for r in self.rows) / accepted if accepted else 0.0
+
+    @property
     def per_position_acceptance(self) -> list[float | None]:
         """alpha_i = P(draft token i accepted | tokens before it accepted); None where position i was never
         reached (nothing drafted there, e.g. in ``ar`` mode)."""
