@@ -87,9 +87,5 @@ def graft_chains(tree: DraftTree, chains: list[list[int]]) -> DraftTree:
     if tree.log_q is not None:
         log_q = torch.cat([tree.log_q, tree.log_q.new_full((len(tokens), width - tree.size), float("-inf"))], dim=1)
     return DraftTree(
-        *(
-            like.new_tensor(rows)
-            for like, rows in ((tree.tokens, tokens), (tree.parents, parents), (tree.depths, depths))
-        ),
-        log_q,
+        tree.tokens.new_tensor(tokens), tree.parents.new_tensor(parents), tree.depths.new_tensor(depths), log_q
     )
