@@ -16,7 +16,7 @@ from tjdnet.checks import check_int
 from tjdnet.decoding.tree import DraftTree
 
 DEFAULT_TREE_LOOKUP = 8  # the named tree modes' chain length: benchmarks/README.md, "Lookup drafts"
-NGRAM_SIZES = (4, 3, 2)  # the longest suffix that occurred before wins; single tokens match too often to pay
+NGRAM_SIZES = (4, 3, 2)  # the longest suffix that occurred before wins; a single token's match is a weak guess
 
 
 def check_tree_lookup(tokens: object) -> None:
